@@ -1,0 +1,8 @@
+"""Train a kdflow distill: `mlflow run . -e distill --env-manager local` calls this script."""
+
+import sys
+
+from kdflow import jobs
+
+if __name__ == "__main__":
+    sys.exit(jobs.main("distill", sys.argv[1:]))

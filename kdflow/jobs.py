@@ -1,0 +1,192 @@
+"""The jobs behind the entry points: train a teacher, a student or a distilled student; report.
+
+Each job runs inside one tracked MLflow run and logs, in order: parameters, the dataset, a metric
+line per evaluation, the final scores, the registered model, and the regenerated results table.
+TensorFlow is imported only once the parameters are known to be good, so bad input fails fast.
+"""
+
+import signal
+import sys
+import tempfile
+from pathlib import Path
+
+import mlflow
+import numpy as np
+
+from kdflow import config as configuration
+from kdflow import registry, results, tracking
+
+TEACHER_LOGITS_ARTIFACT = "teacher_logits.npy"
+
+
+def main(kind: str, argv: list[str]) -> int:
+    """Entry-point body: parse, run the job in a tracked run, print the table; exit status out."""
+    values = configuration.parse_args(kind, argv)
+    # `kill` and Ray stop workers with SIGTERM; treat it like Ctrl-C so the run ends KILLED.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        with tracking.tracked_run(kind):
+            config = configuration.make_config(values)
+            tracking.describe_run(kind, config)
+            JOBS[kind](config)
+            print(_log_results())
+    except ValueError as error:
+        print(f"kdflow {kind}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"kdflow {kind}: interrupted; the run is marked KILLED", file=sys.stderr)
+        return 130
+    return 0
+
+
+def report_main(argv: list[str]) -> int:
+    """Regenerate the results table of this run's experiment and log it as the run's artifacts."""
+    if argv:
+        print(f"kdflow report: error: takes no parameters, got {' '.join(argv)}", file=sys.stderr)
+        return 2
+    with mlflow.start_run():
+        mlflow.set_tags({tracking.KIND_TAG: "report", "mlflow.runName": "report"})
+        print(_log_results())
+    return 0
+
+
+def _log_results() -> str:
+    run = mlflow.active_run()
+    with tempfile.TemporaryDirectory() as folder:
+        table = results.regenerate(run.info.experiment_id, Path(folder), include_run_id=run.info.run_id)
+        mlflow.log_artifacts(folder)
+    return table
+
+
+def _prepare(kind, config):
+    """Load and log the data, and seed everything, before any model is built."""
+    from kdflow import data, training
+
+    splits = data.load_dataset(config.dataset, config.data_dir)
+    tracking.log_dataset(kind, config, splits)
+    training.make_deterministic(config.seed)
+    return splits
+
+
+def _finish(kind, model, result, splits):
+    """Log the scores and the model; a student may become the champion."""
+    mlflow.log_metrics(
+        {
+            "test_accuracy": result.test_accuracy,
+            "best_validation_accuracy": result.best_validation_accuracy,
+            "best_step": result.best_step,
+            "train_images_per_second": result.train_images_per_second,
+        }
+    )
+    model_info = registry.log_model(model, kind, splits.validation_images, result.best_validation_accuracy)
+    mlflow.set_tag(tracking.MODEL_URI_TAG, model_info.model_uri)
+    if kind != "teacher":
+        name, version = registry.REGISTERED_NAMES[kind], model_info.registered_model_version
+        if registry.promote_if_better(name, version, result.best_validation_accuracy):
+            print(f"{name} version {version} is now @{registry.CHAMPION}")
+    print(f"{kind}: test_accuracy {result.test_accuracy:.4f} (best validation step {result.best_step})")
+    return model_info
+
+
+def train_teacher(config):
+    """The CNN trained at temperature T on hard labels, as kdtf did; stores its training logits."""
+    from kdflow import losses, models, training
+
+    splits = _prepare("teacher", config)
+    teacher = models.build_teacher()
+
+    def objective(images, labels):
+        return losses.hard_loss(labels, teacher(images, training=True), config.temperature)
+
+    batches = training.training_batches((splits.train_images, splits.train_labels), config.batch_size, config.seed)
+    result = training.train(
+        teacher, objective, batches, splits, config, config.temperature, tracking.log_evaluation
+    )
+    _finish("teacher", teacher, result, splits)
+    # Every distillation run at any temperature reads these instead of running the teacher again.
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / TEACHER_LOGITS_ARTIFACT
+        np.save(path, training.predict_logits(teacher, splits.train_images))
+        mlflow.log_artifact(str(path))
+
+
+def train_student(config):
+    """Softmax regression on hard labels alone, at T = 1: kdtf's "student only" row."""
+    from kdflow import losses, models, training
+
+    splits = _prepare("student", config)
+    student = models.build_student()
+
+    def objective(images, labels):
+        return losses.hard_loss(labels, student(images, training=True))
+
+    batches = training.training_batches((splits.train_images, splits.train_labels), config.batch_size, config.seed)
+    result = training.train(student, objective, batches, splits, config, 1.0, tracking.log_evaluation)
+    _finish("student", student, result, splits)
+
+
+def matching_teacher(config, data_digest: str) -> tuple[str, str]:
+    """(run id, model URI) of the newest matching teacher in the experiment, trained if there is none."""
+    teacher_run = tracking.find_teacher_run(config, data_digest)
+    if teacher_run is None:
+        print("no matching teacher run in this experiment; training one", flush=True)
+        teacher_run = tracking.train_teacher_run(config)
+        if teacher_run.info.status != "FINISHED":
+            raise RuntimeError(f"the teacher run {teacher_run.info.run_id} ended {teacher_run.info.status}")
+    else:
+        print(f"reusing teacher run {teacher_run.info.run_id}", flush=True)
+    return teacher_run.info.run_id, teacher_run.data.tags[tracking.MODEL_URI_TAG]
+
+
+def cached_teacher_logits(teacher_run_id: str, data_digest: str) -> np.ndarray:
+    """The teacher's logits on the training split, as stored with its run."""
+    teacher_run = mlflow.get_run(teacher_run_id)
+    if teacher_run.data.tags.get(tracking.DATA_DIGEST_TAG) != data_digest:
+        raise ValueError(
+            f"teacher: run {teacher_run_id} was trained on other data than this run's; "
+            "use teacher_signal=online or a teacher trained on this dataset"
+        )
+    try:
+        path = mlflow.artifacts.download_artifacts(run_id=teacher_run_id, artifact_path=TEACHER_LOGITS_ARTIFACT)
+    except Exception as error:
+        raise ValueError(
+            f"teacher: run {teacher_run_id} has no stored {TEACHER_LOGITS_ARTIFACT}; use teacher_signal=online"
+        ) from error
+    return np.load(path)
+
+
+def distill(config):
+    """The student trained on hard labels and the teacher's soft targets at temperature T."""
+    if config.teacher:
+        # A teacher URI that does not resolve fails here, before any data is read.
+        teacher_run_id, teacher_model_uri = registry.resolve(config.teacher, "teacher").run_id, config.teacher
+    from kdflow import losses, models, training
+
+    splits = _prepare("distill", config)
+    if not config.teacher:
+        teacher_run_id, teacher_model_uri = matching_teacher(config, splits.digest)
+    mlflow.set_tags({tracking.TEACHER_RUN_TAG: teacher_run_id, tracking.TEACHER_MODEL_TAG: teacher_model_uri})
+    student = models.build_student()
+
+    def objective(images, labels, teacher_logits):
+        student_logits = student(images, training=True)
+        return losses.distillation_loss(labels, student_logits, teacher_logits, config.temperature, config.alpha)
+
+    if config.teacher_signal == "cached":
+        teacher_logits = cached_teacher_logits(teacher_run_id, splits.digest)
+        arrays = (splits.train_images, splits.train_labels, teacher_logits)
+        step_objective = objective
+    else:
+        # kdtf's way: the teacher, dropout off, runs on every student batch.
+        teacher = registry.load_keras_model(teacher_model_uri)
+        arrays = (splits.train_images, splits.train_labels)
+
+        def step_objective(images, labels):
+            return objective(images, labels, teacher(images, training=False))
+
+    batches = training.training_batches(arrays, config.batch_size, config.seed)
+    result = training.train(student, step_objective, batches, splits, config, 1.0, tracking.log_evaluation)
+    _finish("distill", student, result, splits)
+
+
+JOBS = {"teacher": train_teacher, "student": train_student, "distill": distill}

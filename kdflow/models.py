@@ -1,0 +1,58 @@
+"""The two networks of kdtf: a CNN teacher ("big model") and a softmax-regression student.
+
+Both take (N, 28, 28) float images in [0, 1] and return logits, never probabilities: the losses
+divide logits by the temperature before the softmax. Every weight and bias starts from a normal
+distribution with standard deviation 1, as kdtf's ``tf.random_normal`` did; that initialisation is
+why its student reaches about 89% rather than the 92% a zero-initialised one would.
+"""
+
+import keras
+from keras import layers
+
+NUM_CLASSES = 10
+IMAGE_SHAPE = (28, 28)
+
+
+def _initializer():
+    # Keras draws from the global seed set by keras.utils.set_random_seed, so runs repeat exactly.
+    return keras.initializers.RandomNormal(stddev=1.0)
+
+
+def _dense(units, activation=None):
+    return layers.Dense(
+        units, activation=activation, kernel_initializer=_initializer(), bias_initializer=_initializer()
+    )
+
+
+def _conv(filters):
+    return layers.Conv2D(
+        filters, 5, padding="same", activation="relu",
+        kernel_initializer=_initializer(), bias_initializer=_initializer(),
+    )
+
+
+def build_teacher() -> keras.Model:
+    """conv5x5x32 - pool2 - conv5x5x64 - pool2 - dense1024 - dropout(keep 0.75) - dense10."""
+    return keras.Sequential(
+        [
+            keras.Input(IMAGE_SHAPE, name="images"),
+            layers.Reshape(IMAGE_SHAPE + (1,)),
+            _conv(32),
+            layers.MaxPooling2D(2),
+            _conv(64),
+            layers.MaxPooling2D(2),
+            layers.Flatten(),
+            _dense(1024, activation="relu"),
+            layers.Dropout(0.25),
+            _dense(NUM_CLASSES),
+        ],
+        name="teacher",
+    )
+
+
+def build_student() -> keras.Model:
+    """Softmax regression: one dense layer from 784 pixels to 10 logits."""
+    return keras.Sequential(
+        [keras.Input(IMAGE_SHAPE, name="images"), layers.Flatten(), _dense(NUM_CLASSES)],
+        name="student",
+    )

@@ -1,0 +1,203 @@
+"""The kdtf README results table, regenerated from the tracked runs of an MLflow experiment.
+
+Runs are tagged with their kind (teacher, student, distill), recipe and canonical parameters
+(temperature, seed, alpha), and log their test accuracy. The finished runs are grouped by recipe, so that different recipes are
+never averaged together, into one table each: rows Teacher / Distillation / Student only, one
+column per temperature, cells ``mean ± std (n)`` in percent over seeds, the kdtf numbers beside.
+Every cell keeps the ids of its runs, listed in the CSV and JSON, so each number can be traced.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import mlflow
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from kdflow.tracking import KIND_TAG, PARAMS_TAG, RECIPE_TAG
+
+TEACHER, DISTILLATION, STUDENT = "Teacher", "Distillation", "Student only"
+# The numbers of the kdtf README, in percent. The standalone student trains at T=1, but kdtf
+# shows its single number under both temperature columns, so it appears under both here too.
+KDTF_TEMPERATURES = (2.0, 5.0)
+KDTF_ACCURACY = {(TEACHER, 2.0): 97.9, (TEACHER, 5.0): 98.12, (DISTILLATION, 2.0): 89.14,
+                 (DISTILLATION, 5.0): 90.77, (STUDENT, 2.0): 88.84, (STUDENT, 5.0): 88.84}
+CSV_FIELDS = ["recipe", "row", "temperature", "mean", "std", "n", "kdtf", "run_ids"]
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One tracked run, reduced to what the table needs; accuracy is a fraction in [0, 1]."""
+    run_id: str
+    recipe: str
+    kind: str
+    temperature: float
+    seed: str
+    alpha: str
+    accuracy: float
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One table cell: test accuracy in percent over seeds, with the run ids behind it."""
+    row: str
+    temperature: float
+    mean: float
+    std: float | None  # The sample std (ddof=1) is undefined for one run, so it is None then.
+    n: int
+    kdtf: float | None
+    run_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Table:
+    """The table of one recipe: its row labels in display order, its columns and its cells."""
+    recipe: str
+    rows: tuple[str, ...]
+    temperatures: tuple[float, ...]
+    cells: tuple[Cell, ...]
+
+    def cell(self, row: str, temperature: float) -> Cell | None:
+        """The cell at this row and column, or None when no run of the row used that temperature."""
+        return next((c for c in self.cells if c.row == row and c.temperature == temperature), None)
+
+
+def collect_runs(experiment_id: str, include_run_id: str | None = None, client=None) -> list[RunRecord]:
+    """Read the finished kdflow runs of the experiment, plus the calling run if one is given.
+
+    The calling run is still RUNNING when it regenerates the table, so it is fetched by id;
+    every other unfinished run (failed, killed or still training) is left out.
+    """
+    client = client or mlflow.MlflowClient()
+    runs, page = [], None
+    while page is None or page.token:  # search_runs answers in pages of at most 1000 runs.
+        token = page.token if page else None
+        page = client.search_runs([experiment_id], "attributes.status = 'FINISHED'", page_token=token)
+        runs.extend(page)
+    if include_run_id and all(run.info.run_id != include_run_id for run in runs):
+        runs.append(client.get_run(include_run_id))
+    records = []
+    for run in runs:
+        tags, metrics = run.data.tags, run.data.metrics
+        kind = tags.get(KIND_TAG)
+        # Runs of other kinds (the report run) or without a logged accuracy have no cell.
+        if kind not in {"teacher", "student", "distill"} or "test_accuracy" not in metrics:
+            continue
+        # The canonical values: `mlflow run` logs parameters as typed ("5", "''").
+        params = json.loads(tags.get(PARAMS_TAG, "{}"))
+        records.append(RunRecord(
+            run_id=run.info.run_id, recipe=tags.get(RECIPE_TAG, ""), kind=kind,
+            temperature=float(params.get("temperature", "1.0")), seed=params.get("seed", ""),
+            alpha=params.get("alpha", "").strip(), accuracy=float(metrics["test_accuracy"]),
+        ))
+    return records
+
+
+def _row_of(record: RunRecord) -> tuple[tuple, str]:
+    """The row a run belongs to, with a key that orders rows as kdtf does, alpha rows after."""
+    if record.kind == "distill" and record.alpha:
+        return (2, float(record.alpha)), f"{DISTILLATION} (alpha={float(record.alpha):g})"
+    return {"teacher": ((0, 0.0), TEACHER), "distill": ((1, 0.0), DISTILLATION),
+            "student": ((3, 0.0), STUDENT)}[record.kind]
+
+
+def _cell(row: str, temperature: float, records: list[RunRecord]) -> Cell:
+    percents = [100.0 * record.accuracy for record in records]
+    std = statistics.stdev(percents) if len(percents) > 1 else None
+    return Cell(row, temperature, statistics.mean(percents), std, len(percents),
+                KDTF_ACCURACY.get((row, temperature)), tuple(sorted(r.run_id for r in records)))
+
+
+def build_tables(records: list[RunRecord]) -> list[Table]:
+    """Group the runs by recipe, then by row and temperature, and aggregate each group."""
+    tables = []
+    for recipe in sorted({record.recipe for record in records}):
+        in_recipe = [record for record in records if record.recipe == recipe]
+        rows = dict(sorted({_row_of(record) for record in in_recipe}))
+        temperatures = sorted({r.temperature for r in in_recipe if r.kind != "student"}) or [1.0]
+        cells = []
+        for row in rows.values():
+            in_row = [record for record in in_recipe if _row_of(record)[1] == row]
+            for temperature in temperatures:
+                # The student trains at T=1 whatever the column, so its one value fills them all.
+                group = [r for r in in_row if row == STUDENT or r.temperature == temperature]
+                if group:
+                    cells.append(_cell(row, temperature, group))
+        tables.append(Table(recipe, tuple(rows.values()), tuple(temperatures), tuple(cells)))
+    return tables
+
+
+def _format(cell: Cell | None) -> str:
+    if cell is None:
+        return "—"
+    spread = f" ± {cell.std:.2f}" if cell.std is not None else ""
+    return f"{cell.mean:.2f}{spread} ({cell.n})"
+
+
+def render_markdown(tables: list[Table]) -> str:
+    """Render one Markdown table per recipe, with the kdtf numbers as the last two columns."""
+    lines = ["# Results: test accuracy (%) on MNIST", "",
+             "Each cell is mean ± sample std (number of seeds) over finished runs, no std for one run;",
+             "kdtf columns: the original kdtf README. Run ids per cell: results.csv, results.json."]
+    if not tables:
+        return "\n".join(lines + ["", "No finished runs yet: there is nothing to tabulate.", ""])
+    for table in tables:
+        header = ["Model"] + [f"T={t:g}" for t in table.temperatures]
+        header += [f"kdtf T={t:g}" for t in KDTF_TEMPERATURES]
+        lines += ["", f"## Recipe `{table.recipe}`", "", "| " + " | ".join(header) + " |",
+                  "|" + "---|" * len(header)]
+        for row in table.rows:
+            ours = [_format(table.cell(row, t)) for t in table.temperatures]
+            kdtf = [f"{KDTF_ACCURACY[(row, t)]:.2f}" if (row, t) in KDTF_ACCURACY else "—"
+                    for t in KDTF_TEMPERATURES]
+            lines.append("| " + " | ".join([row] + ours + kdtf) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _plot(tables: list[Table], path: Path) -> None:
+    """Plot accuracy against temperature per row, one panel per recipe, kdtf as crosses."""
+    figure = Figure(figsize=(6 * max(len(tables), 1), 4.5), layout="constrained")
+    FigureCanvasAgg(figure)
+    if not tables:
+        figure.text(0.5, 0.5, "No finished runs yet", ha="center", va="center")
+    for index, table in enumerate(tables):
+        axes = figure.add_subplot(1, len(tables), index + 1)
+        for row in table.rows:
+            cells = [c for c in table.cells if c.row == row]
+            line = axes.errorbar([c.temperature for c in cells], [c.mean for c in cells],
+                                 yerr=[c.std or 0.0 for c in cells], marker="o", capsize=3, label=row)
+            kdtf = [(t, KDTF_ACCURACY[(row, t)]) for t in KDTF_TEMPERATURES if (row, t) in KDTF_ACCURACY]
+            if kdtf:
+                axes.scatter(*zip(*kdtf), marker="x", s=60, color=line[0].get_color(), label=f"kdtf {row}")
+        axes.set(title=f"Recipe {table.recipe}", xlabel="temperature T", ylabel="test accuracy (%)")
+        axes.legend(fontsize="small")
+    figure.savefig(path)
+
+
+def write_results(tables: list[Table], out_dir: Path) -> list[Path]:
+    """Write results.md, .csv, .json and .png afresh, replacing any earlier files."""
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    paths = [Path(out_dir) / f"results.{suffix}" for suffix in ("md", "csv", "json", "png")]
+    paths[0].write_text(render_markdown(tables), encoding="utf-8")
+    # One row per cell (long format), the student repeated under every column as in the table.
+    rows = [{"recipe": table.recipe, **asdict(cell), "run_ids": list(cell.run_ids)}
+            for table in tables for cell in table.cells]
+    with paths[1].open("w", newline="", encoding="utf-8") as file:
+        writer = csv.DictWriter(file, fieldnames=CSV_FIELDS)
+        writer.writeheader()
+        writer.writerows({**row, "run_ids": ";".join(row["run_ids"])} for row in rows)
+    paths[2].write_text(json.dumps(rows, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    _plot(tables, paths[3])
+    return paths
+
+
+def regenerate(experiment_id: str, out_dir: Path, include_run_id: str | None = None) -> str:
+    """Collect the runs, build the tables, write the four files and return the Markdown."""
+    tables = build_tables(collect_runs(experiment_id, include_run_id))
+    write_results(tables, out_dir)
+    return render_markdown(tables)

@@ -1,0 +1,153 @@
+"""MLflow runs: what each run records, how it ends, and how a matching teacher run is found.
+
+The tracking URI comes from the environment (``mlflow run`` hands ``MLFLOW_TRACKING_URI`` and
+``MLFLOW_RUN_ID`` to the entry point), else MLflow's default ``sqlite:///mlflow.db``; nothing here
+calls ``set_tracking_uri``, which would break that hand-over.
+"""
+
+import hashlib
+import json
+import traceback
+from contextlib import contextmanager
+from pathlib import Path
+
+import mlflow
+from mlflow.data.sources import LocalArtifactDatasetSource
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+KIND_TAG = "kdflow.kind"
+RECIPE_TAG = "kdflow.recipe"
+CODE_VERSION_TAG = "kdflow.code_version"
+DATA_DIGEST_TAG = "kdflow.data_digest"
+PARAMS_TAG = "kdflow.params"
+RUN_KEY_TAG = "kdflow.run_key"
+MODEL_URI_TAG = "kdflow.model_uri"
+TEACHER_RUN_TAG = "kdflow.teacher_run_id"
+TEACHER_MODEL_TAG = "kdflow.teacher_model_uri"
+ERROR_TAG = "kdflow.error"
+
+
+def code_version() -> str:
+    """A digest of the code that trains: reuse is only safe when this matches, git or no git."""
+    digest = hashlib.sha256()
+    for path in sorted(PROJECT_ROOT.glob("kdflow/*.py")) + sorted(PROJECT_ROOT.glob("entrypoints/*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def run_name(kind: str, config) -> str:
+    temperature = f"-T{config.temperature:g}" if kind != "student" else ""
+    return f"{kind}{temperature}-seed{config.seed}"
+
+
+@contextmanager
+def tracked_run(kind: str):
+    """Start (or, under ``mlflow run``, resume) a run; end it FINISHED, FAILED or KILLED.
+
+    The error goes into a tag and an ``error.txt`` artifact, so a failed run says why in the UI,
+    and whatever the run logged before the failure stays.
+    """
+    run = mlflow.start_run()
+    mlflow.set_tags({KIND_TAG: kind, CODE_VERSION_TAG: code_version()})
+    try:
+        yield run
+    except BaseException as error:
+        status = "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
+        message = f"{type(error).__name__}: {error}"
+        mlflow.set_tag(ERROR_TAG, message[:5000])
+        mlflow.log_text("".join(traceback.format_exception(error)), "error.txt")
+        mlflow.end_run(status)
+        raise
+    mlflow.end_run("FINISHED")
+
+
+def describe_run(kind: str, config) -> None:
+    """Name the run, log its parameters and the recipe it belongs to.
+
+    ``mlflow run`` logs the parameters as the user typed them (``5`` or ``5.0``, an empty value
+    as ``''``) and MLflow forbids changing a logged value, so the canonical values go into the
+    ``kdflow.params`` tag, which lookups and the results table read.
+    """
+    params = config.params(kind)
+    already_logged = mlflow.get_run(mlflow.active_run().info.run_id).data.params
+    mlflow.log_params({name: value for name, value in params.items() if name not in already_logged})
+    mlflow.set_tags(
+        {
+            "mlflow.runName": run_name(kind, config),
+            RECIPE_TAG: config.recipe(),
+            PARAMS_TAG: json.dumps(params, sort_keys=True),
+        }
+    )
+
+
+def run_key(kind: str, config, data_digest: str) -> str:
+    """Two runs with the same key train the same thing: kind, parameters, code and data agree.
+
+    ``data_dir`` is left out because it only says where the data came from; the digest pins what.
+    """
+    params = {name: value for name, value in config.params(kind).items() if name != "data_dir"}
+    identity = json.dumps([kind, params, code_version(), data_digest], sort_keys=True)
+    return hashlib.sha256(identity.encode()).hexdigest()[:16]
+
+
+def log_dataset(kind: str, config, splits) -> None:
+    """Record the training split as the run's input, with the checked content digest."""
+    dataset = mlflow.data.from_numpy(
+        splits.train_images,
+        targets=splits.train_labels,
+        # Given as an object: MLflow cannot guess a source type from text like "cache: /path".
+        source=LocalArtifactDatasetSource(splits.source),
+        name=f"{splits.dataset}-train",
+        digest=splits.digest[:32],
+    )
+    mlflow.log_input(dataset, context="training")
+    mlflow.set_tags({DATA_DIGEST_TAG: splits.digest, RUN_KEY_TAG: run_key(kind, config, splits.digest)})
+
+
+def log_evaluation(evaluation) -> None:
+    mlflow.log_metrics(
+        {
+            "train_loss": evaluation.train_loss,
+            "validation_loss": evaluation.validation_loss,
+            "validation_accuracy": evaluation.validation_accuracy,
+        },
+        step=evaluation.step,
+    )
+    print(
+        f"step {evaluation.step}: train_loss {evaluation.train_loss:.4f} "
+        f"validation_loss {evaluation.validation_loss:.4f} "
+        f"validation_accuracy {evaluation.validation_accuracy:.4f}",
+        flush=True,
+    )
+
+
+def find_teacher_run(config, data_digest: str):
+    """The newest FINISHED teacher run in this experiment trained like ``config`` asks, or None."""
+    runs = mlflow.search_runs(
+        experiment_ids=[mlflow.active_run().info.experiment_id],
+        filter_string=(
+            f"tags.`{RUN_KEY_TAG}` = '{run_key('teacher', config, data_digest)}' "
+            "and attributes.status = 'FINISHED'"
+        ),
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+        output_format="list",
+    )
+    return runs[0] if runs else None
+
+
+def train_teacher_run(config):
+    """Train a teacher as a run of its own through the project's ``teacher`` entry point.
+
+    This is MLflow's multistep-workflow pattern: the step is an ``mlflow run`` of the same project,
+    so it is tracked, named and reusable like a teacher started by hand.
+    """
+    submitted = mlflow.projects.run(
+        str(PROJECT_ROOT),
+        entry_point="teacher",
+        parameters=config.params("teacher"),
+        experiment_id=mlflow.active_run().info.experiment_id,
+        env_manager="local",
+        synchronous=True,
+    )
+    return mlflow.get_run(submitted.run_id)

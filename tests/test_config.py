@@ -1,0 +1,68 @@
+"""One place defines the parameters: the MLproject, the entry points and the checks agree with it."""
+
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kdflow import config
+
+ROOT = Path(__file__).resolve().parents[1]
+MLPROJECT = yaml.safe_load((ROOT / "MLproject").read_text())
+
+
+@pytest.mark.parametrize("kind", config.KINDS)
+def test_mlproject_parameters_mirror_config(kind):
+    entry_point = MLPROJECT["entry_points"][kind]
+    assert list(entry_point["parameters"]) == list(config.KIND_PARAMETERS[kind])
+    for name, spec in entry_point["parameters"].items():
+        default = getattr(config.DEFAULTS, name)
+        assert str(spec["default"]) == ("" if default is None else str(default)), name
+        # Every parameter reaches the script under its own name.
+        assert f"--{name} {{{name}}}" in entry_point["command"]
+    assert entry_point["command"].startswith(f"python entrypoints/{kind}.py ")
+
+
+def test_defaults_are_the_kdtf_recipe():
+    assert config.DEFAULTS.params("distill") == {
+        "temperature": "5.0", "num_steps": "5000", "batch_size": "128", "learning_rate": "0.001",
+        "eval_every": "100", "seed": "12", "dataset": "mnist", "data_dir": "", "teacher": "",
+        "teacher_signal": "cached", "alpha": "",
+    }
+
+
+@pytest.mark.parametrize(
+    "name, text",
+    [
+        ("temperature", "-1"), ("temperature", "0"), ("temperature", "nan"), ("temperature", "inf"),
+        ("num_steps", "0"), ("batch_size", "-3"), ("eval_every", "0"), ("learning_rate", "0"),
+        ("dataset", "cifar10"), ("teacher_signal", "sometimes"), ("alpha", "1.5"), ("seed", "twelve"),
+        ("num_steps", "2.5"),
+    ],
+)
+def test_bad_values_raise_value_error_naming_the_parameter(name, text):
+    with pytest.raises(ValueError, match=name):
+        config.make_config({name: text})
+
+
+def test_parse_args_round_trip():
+    values = config.parse_args("distill", ["--temperature", "2", "--alpha", "0.5", "--num_steps", "10"])
+    made = config.make_config(values)
+    assert (made.temperature, made.alpha, made.num_steps, made.seed) == (2.0, 0.5, 10, 12)
+    assert config.make_config(config.parse_args("distill", [])).alpha is None
+    assert math.isclose(config.make_config(config.parse_args("teacher", [])).learning_rate, 0.001)
+
+
+def test_student_takes_no_temperature():
+    with pytest.raises(SystemExit):
+        config.parse_args("student", ["--temperature", "5"])
+
+
+def test_pyproject_and_conda_name_the_same_dependencies():
+    import tomllib
+
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    conda = yaml.safe_load((ROOT / "conda.yaml").read_text())["dependencies"]
+    conda_pip = next(item["pip"] for item in conda if isinstance(item, dict))
+    assert sorted(pyproject) == sorted(line for line in conda_pip if not line.startswith("-e"))

@@ -1,0 +1,230 @@
+"""Tests for kdflow.results against a real MLflow store: a SQLite file in a temporary directory.
+
+The runs are logged with the real MLflow API but without training, with known accuracies, so
+that every mean, std and count in the regenerated table can be asserted exactly.
+"""
+
+import csv
+import json
+
+import mlflow
+import pytest
+
+from kdflow import results
+
+# Accuracies (fractions) per cell of the "kdtf" recipe; the table shows them in percent.
+TEACHER_T2 = [0.978, 0.980, 0.982]  # 98.00 ± 0.20 (3)
+DISTILL_T2 = [0.89, 0.90]  # 89.50 ± 0.71 (2)
+DISTILL_T5 = [0.90, 0.91]  # with the calling run's 0.92: 91.00 ± 1.00 (3)
+ALPHA_T5 = [0.93, 0.95]  # 94.00 ± 1.41 (2)
+STUDENT = [0.88, 0.89, 0.90]  # 89.00 ± 1.00 (3), under every column
+
+EXPECTED_KDTF_TABLE = """\
+| Model | T=2 | T=5 | kdtf T=2 | kdtf T=5 |
+|---|---|---|---|---|
+| Teacher | 98.00 ± 0.20 (3) | 98.12 (1) | 97.90 | 98.12 |
+| Distillation | 89.50 ± 0.71 (2) | 91.00 ± 1.00 (3) | 89.14 | 90.77 |
+| Distillation (alpha=0.5) | — | 94.00 ± 1.41 (2) | — | — |
+| Student only | 89.00 ± 1.00 (3) | 89.00 ± 1.00 (3) | 88.84 | 88.84 |
+"""
+
+
+def log_run(experiment_id, kind, recipe, temperature, seed, accuracy=None, alpha=None, status="FINISHED"):
+    """Log one run as the training jobs do, ending it with the given status; returns its id."""
+    with mlflow.start_run(experiment_id=experiment_id) as run:
+        mlflow.set_tags({"kdflow.kind": kind, "kdflow.recipe": recipe})
+        mlflow.set_tag("kdflow.params", canonical_params(temperature, seed, alpha))
+        # `mlflow run` logs parameters as the user typed them; the table must not read these.
+        mlflow.log_params({"temperature": f"{temperature:g}", "seed": str(seed), "alpha": "''"})
+        if accuracy is not None:
+            mlflow.log_metric("test_accuracy", accuracy)
+        if status != "FINISHED":
+            mlflow.end_run(status=status)
+    return run.info.run_id
+
+
+def canonical_params(temperature, seed, alpha):
+    params = {"temperature": str(float(temperature)), "seed": str(seed)}
+    if alpha is not None:
+        params["alpha"] = alpha
+    return json.dumps(params)
+
+
+def running_run(client, experiment_id, kind, recipe, temperature, accuracy, alpha=""):
+    """Create a run that stays RUNNING, as a training job that has not finished yet."""
+    tags = {"kdflow.kind": kind, "kdflow.recipe": recipe, "kdflow.params": canonical_params(temperature, 99, alpha)}
+    run_id = client.create_run(experiment_id, tags=tags).info.run_id
+    client.log_metric(run_id, "test_accuracy", accuracy)
+    return run_id
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """One populated store for the whole module, since creating a SQLite store takes seconds."""
+    directory = tmp_path_factory.mktemp("store")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{directory}/mlflow.db")
+        client = mlflow.MlflowClient()
+        experiment = client.create_experiment("kd")
+        ids = {}  # The run ids of each cell, to check that every cell names exactly its runs.
+
+        def log(cell, *args, **kwargs):
+            ids.setdefault(cell, []).append(log_run(experiment, *args, **kwargs))
+
+        for seed, accuracy in enumerate(TEACHER_T2):
+            log("teacher T=2", "teacher", "kdtf", 2, seed, accuracy)
+        log("teacher T=5", "teacher", "kdtf", 5, 0, 0.9812)
+        for seed, accuracy in enumerate(DISTILL_T2):
+            log("distill T=2", "distill", "kdtf", 2, seed, accuracy, alpha="")
+        for seed, accuracy in enumerate(DISTILL_T5):
+            log("distill T=5", "distill", "kdtf", 5, seed, accuracy, alpha="")
+        for seed, accuracy in enumerate(ALPHA_T5):
+            log("alpha T=5", "distill", "kdtf", 5, seed, accuracy, alpha="0.5")
+        for seed, accuracy in enumerate(STUDENT):
+            log("student", "student", "kdtf", 1, seed, accuracy)
+        # Runs that must not count: they would visibly move the means above if they did.
+        log("ignored", "teacher", "kdtf", 2, 7, 0.10, status="FAILED")
+        log("ignored", "teacher", "kdtf", 2, 8, None)  # Finished without a test accuracy.
+        log("ignored", "report", "kdtf", 2, 9, 0.10)  # Not a training run.
+        ids["ignored"].append(running_run(client, experiment, "distill", "kdtf", 5, 0.10))
+        ids["calling"] = [running_run(client, experiment, "distill", "kdtf", 5, 0.92)]
+        # A second recipe at other temperatures, and a recipe with only student runs.
+        log("fashion teacher", "teacher", "fashion", 10, 0, 0.91)
+        for seed, accuracy in enumerate([0.80, 0.82]):
+            log("fashion student", "student", "fashion", 1, seed, accuracy)
+        log("student recipe", "student", "student-only", 1, 0, 0.85)
+        yield client, experiment, ids
+
+
+@pytest.fixture(scope="module")
+def tables(store):
+    client, experiment, ids = store
+    return {table.recipe: table for table in
+            results.build_tables(results.collect_runs(experiment, ids["calling"][0], client=client))}
+
+
+def test_collect_counts_finished_runs_and_the_calling_run_only(store):
+    client, experiment, ids = store
+    collected = {record.run_id for record in results.collect_runs(experiment, ids["calling"][0])}
+    counted = {run_id for cell, run_ids in ids.items() if cell != "ignored" for run_id in run_ids}
+    assert collected == counted
+    without_calling = {record.run_id for record in results.collect_runs(experiment)}
+    assert without_calling == counted - set(ids["calling"])
+
+
+def test_cells_hold_exact_statistics_and_their_run_ids(store, tables):
+    _, _, ids = store
+    table = tables["kdtf"]
+    assert table.rows == ("Teacher", "Distillation", "Distillation (alpha=0.5)", "Student only")
+    assert table.temperatures == (2.0, 5.0)
+    expected = {  # (row, temperature): (mean, std, run ids)
+        ("Teacher", 2.0): (98.0, 0.2, ids["teacher T=2"]),
+        ("Teacher", 5.0): (98.12, None, ids["teacher T=5"]),
+        ("Distillation", 2.0): (89.5, 0.5 ** 0.5, ids["distill T=2"]),
+        ("Distillation", 5.0): (91.0, 1.0, ids["distill T=5"] + ids["calling"]),
+        ("Distillation (alpha=0.5)", 5.0): (94.0, 2 ** 0.5, ids["alpha T=5"]),
+        ("Student only", 2.0): (89.0, 1.0, ids["student"]),
+        ("Student only", 5.0): (89.0, 1.0, ids["student"]),
+    }
+    assert {(cell.row, cell.temperature) for cell in table.cells} == set(expected)
+    for (row, temperature), (mean, std, run_ids) in expected.items():
+        cell = table.cell(row, temperature)
+        assert cell.mean == pytest.approx(mean)
+        assert cell.std == (None if std is None else pytest.approx(std))
+        assert cell.n == len(run_ids)
+        assert set(cell.run_ids) == set(run_ids)
+    assert table.cell("Distillation", 5.0).kdtf == 90.77
+    assert table.cell("Distillation (alpha=0.5)", 5.0).kdtf is None
+
+
+def test_recipes_are_kept_apart(store, tables):
+    _, _, ids = store
+    assert set(tables) == {"kdtf", "fashion", "student-only"}
+    fashion = tables["fashion"]
+    assert fashion.temperatures == (10.0,)
+    assert fashion.cell("Teacher", 10.0).run_ids == tuple(ids["fashion teacher"])
+    assert fashion.cell("Student only", 10.0).mean == pytest.approx(81.0)
+    assert fashion.cell("Teacher", 10.0).kdtf is None
+    only_students = tables["student-only"]
+    assert only_students.temperatures == (1.0,)
+    assert [(c.row, c.n) for c in only_students.cells] == [("Student only", 1)]
+
+
+def test_markdown_shows_each_recipe_with_the_kdtf_numbers(tables):
+    markdown = results.render_markdown(list(tables.values()))
+    assert "## Recipe `kdtf`\n\n" + EXPECTED_KDTF_TABLE in markdown
+    assert "| Student only | 81.00 ± 1.41 (2) | 88.84 | 88.84 |" in markdown
+    assert "| Teacher | 91.00 (1) | 97.90 | 98.12 |" in markdown
+    assert "| Model | T=1 | kdtf T=2 | kdtf T=5 |\n|---|---|---|---|\n| Student only | 85.00 (1) |" in markdown
+
+
+def test_written_files_agree_with_each_other_and_the_markdown(tables, tmp_path):
+    paths = results.write_results(list(tables.values()), tmp_path)
+    assert [path.name for path in paths] == ["results.md", "results.csv", "results.json", "results.png"]
+    markdown = paths[0].read_text(encoding="utf-8")
+    with paths[1].open(encoding="utf-8", newline="") as file:
+        csv_rows = list(csv.DictReader(file))
+    json_rows = json.loads(paths[2].read_text(encoding="utf-8"))
+    assert len(csv_rows) == len(json_rows) == sum(len(table.cells) for table in tables.values()) == 10
+    for csv_row, json_row in zip(csv_rows, json_rows):
+        assert csv_row["recipe"] == json_row["recipe"] and csv_row["row"] == json_row["row"]
+        assert float(csv_row["mean"]) == json_row["mean"]
+        assert (float(csv_row["std"]) if csv_row["std"] else None) == json_row["std"]
+        assert int(csv_row["n"]) == json_row["n"] == len(json_row["run_ids"])
+        assert csv_row["run_ids"].split(";") == json_row["run_ids"]
+        assert (float(csv_row["kdtf"]) if csv_row["kdtf"] else None) == json_row["kdtf"]
+        # The markdown line of this row in this recipe's table must show the same numbers.
+        section = markdown.split(f"## Recipe `{json_row['recipe']}`")[1].split("## ")[0]
+        line = next(line for line in section.splitlines() if line.startswith(f"| {json_row['row']} |"))
+        spread = f" ± {json_row['std']:.2f}" if json_row["std"] is not None else ""
+        assert f"| {json_row['mean']:.2f}{spread} ({json_row['n']}) |" in line
+    assert paths[3].read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+
+
+def test_writing_twice_replaces_the_files(tables, tmp_path):
+    first = [path.read_bytes() for path in results.write_results(list(tables.values()), tmp_path)]
+    second = [path.read_bytes() for path in results.write_results(list(tables.values()), tmp_path)]
+    assert first[:3] == second[:3]
+    results.write_results([], tmp_path)
+    assert "No finished runs yet" in (tmp_path / "results.md").read_text(encoding="utf-8")
+    assert "Recipe" not in (tmp_path / "results.md").read_text(encoding="utf-8")
+    assert (tmp_path / "results.csv").read_text(encoding="utf-8").splitlines() == [
+        "recipe,row,temperature,mean,std,n,kdtf,run_ids"]
+    assert json.loads((tmp_path / "results.json").read_text(encoding="utf-8")) == []
+
+
+def test_empty_experiment_says_there_are_no_finished_runs(store, tmp_path):
+    client, _, _ = store
+    experiment = client.create_experiment("empty")
+    markdown = results.regenerate(experiment, tmp_path)
+    assert "No finished runs yet" in markdown
+    assert all((tmp_path / f"results.{suffix}").exists() for suffix in ("md", "csv", "json", "png"))
+
+
+def test_regenerate_from_inside_the_calling_run(store, tmp_path):
+    client, _, _ = store
+    experiment = client.create_experiment("calling")
+    log_run(experiment, "distill", "kdtf", 5, 0, 0.90, alpha="")
+    with mlflow.start_run(experiment_id=experiment) as run:
+        mlflow.set_tags(
+            {"kdflow.kind": "distill", "kdflow.recipe": "kdtf", "kdflow.params": canonical_params(5, 1, "")}
+        )
+        mlflow.log_metric("test_accuracy", 0.92)
+        markdown = results.regenerate(experiment, tmp_path, include_run_id=run.info.run_id)
+    assert "| Distillation | 91.00 ± 1.41 (2) | 89.14 | 90.77 |" in markdown
+    assert markdown == (tmp_path / "results.md").read_text(encoding="utf-8")
+
+
+def test_collect_follows_every_page_of_the_search(store):
+    """search_runs answers in pages; a stub serves two pages of the real runs to check both are read."""
+    from mlflow.store.entities.paged_list import PagedList
+
+    client, experiment, _ = store
+    runs = client.search_runs([experiment], "attributes.status = 'FINISHED'")
+
+    class TwoPages:
+        def search_runs(self, experiment_ids, filter_string, page_token=None):
+            return PagedList(runs[:3], "next") if page_token is None else PagedList(runs[3:], None)
+
+    assert {r.run_id for r in results.collect_runs(experiment, client=TwoPages())} == {
+        r.run_id for r in results.collect_runs(experiment, client=client)}
