@@ -59,12 +59,11 @@ def _log_results() -> str:
 
 
 def _prepare(kind, config):
-    """Load and log the data, and seed everything, before any model is built."""
-    from kdflow import data, training
+    """Load and log the data."""
+    from kdflow import data
 
     splits = data.load_dataset(config.dataset, config.data_dir)
     tracking.log_dataset(kind, config, splits)
-    training.make_deterministic(config.seed)
     return splits
 
 
@@ -93,6 +92,7 @@ def train_teacher(config):
     from kdflow import losses, models, training
 
     splits = _prepare("teacher", config)
+    training.make_deterministic(config.seed)
     teacher = models.build_teacher()
 
     def objective(images, labels):
@@ -115,6 +115,7 @@ def train_student(config):
     from kdflow import losses, models, training
 
     splits = _prepare("student", config)
+    training.make_deterministic(config.seed)
     student = models.build_student()
 
     def objective(images, labels):
@@ -166,6 +167,7 @@ def distill(config):
     if not config.teacher:
         teacher_run_id, teacher_model_uri = matching_teacher(config, splits.digest)
     mlflow.set_tags({tracking.TEACHER_RUN_TAG: teacher_run_id, tracking.TEACHER_MODEL_TAG: teacher_model_uri})
+    training.make_deterministic(config.seed)
     student = models.build_student()
 
     def objective(images, labels, teacher_logits):

@@ -39,6 +39,8 @@ def make_deterministic(seed: int) -> None:
     """Seed Python, NumPy and TensorFlow, and ask TensorFlow for deterministic kernels.
 
     On the CPU this makes the same parameters and seed give identical metrics, run after run.
+    Call it right before a model is built: Keras draws default initialiser seeds from Python's
+    ``random``, which MLflow draws from too (for run names), e.g. while a teacher run is created.
     """
     keras.utils.set_random_seed(seed)
     tf.config.experimental.enable_op_determinism()

