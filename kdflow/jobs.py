@@ -12,6 +12,7 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+from mlflow.exceptions import MlflowException
 
 from kdflow import config as configuration
 from kdflow import registry, results, tracking
@@ -84,25 +85,30 @@ def _finish(kind, model, result, splits):
         if registry.promote_if_better(name, version, result.best_validation_accuracy):
             print(f"{name} version {version} is now @{registry.CHAMPION}")
     print(f"{kind}: test_accuracy {result.test_accuracy:.4f} (best validation step {result.best_step})")
-    return model_info
+
+
+def _train_on_hard_labels(kind, config, build_model, temperature):
+    """Train a fresh network on the labels alone at ``temperature``; return it and the data."""
+    from kdflow import losses, training
+
+    splits = _prepare(kind, config)
+    training.make_deterministic(config.seed)
+    model = build_model()
+
+    def objective(images, labels):
+        return losses.hard_loss(labels, model(images, training=True), temperature)
+
+    batches = training.training_batches((splits.train_images, splits.train_labels), config.batch_size, config.seed)
+    result = training.train(model, objective, batches, splits, config, temperature, tracking.log_evaluation)
+    _finish(kind, model, result, splits)
+    return model, splits
 
 
 def train_teacher(config):
     """The CNN trained at temperature T on hard labels, as kdtf did; stores its training logits."""
-    from kdflow import losses, models, training
+    from kdflow import models, training
 
-    splits = _prepare("teacher", config)
-    training.make_deterministic(config.seed)
-    teacher = models.build_teacher()
-
-    def objective(images, labels):
-        return losses.hard_loss(labels, teacher(images, training=True), config.temperature)
-
-    batches = training.training_batches((splits.train_images, splits.train_labels), config.batch_size, config.seed)
-    result = training.train(
-        teacher, objective, batches, splits, config, config.temperature, tracking.log_evaluation
-    )
-    _finish("teacher", teacher, result, splits)
+    teacher, splits = _train_on_hard_labels("teacher", config, models.build_teacher, config.temperature)
     # Every distillation run at any temperature reads these instead of running the teacher again.
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / TEACHER_LOGITS_ARTIFACT
@@ -112,18 +118,9 @@ def train_teacher(config):
 
 def train_student(config):
     """Softmax regression on hard labels alone, at T = 1: kdtf's "student only" row."""
-    from kdflow import losses, models, training
+    from kdflow import models
 
-    splits = _prepare("student", config)
-    training.make_deterministic(config.seed)
-    student = models.build_student()
-
-    def objective(images, labels):
-        return losses.hard_loss(labels, student(images, training=True))
-
-    batches = training.training_batches((splits.train_images, splits.train_labels), config.batch_size, config.seed)
-    result = training.train(student, objective, batches, splits, config, 1.0, tracking.log_evaluation)
-    _finish("student", student, result, splits)
+    _train_on_hard_labels("student", config, models.build_student, 1.0)
 
 
 def matching_teacher(config, data_digest: str) -> tuple[str, str]:
@@ -131,9 +128,7 @@ def matching_teacher(config, data_digest: str) -> tuple[str, str]:
     teacher_run = tracking.find_teacher_run(config, data_digest)
     if teacher_run is None:
         print("no matching teacher run in this experiment; training one", flush=True)
-        teacher_run = tracking.train_teacher_run(config)
-        if teacher_run.info.status != "FINISHED":
-            raise RuntimeError(f"the teacher run {teacher_run.info.run_id} ended {teacher_run.info.status}")
+        teacher_run = tracking.train_teacher_run(config)  # Raises if that run fails.
     else:
         print(f"reusing teacher run {teacher_run.info.run_id}", flush=True)
     return teacher_run.info.run_id, teacher_run.data.tags[tracking.MODEL_URI_TAG]
@@ -149,7 +144,7 @@ def cached_teacher_logits(teacher_run_id: str, data_digest: str) -> np.ndarray:
         )
     try:
         path = mlflow.artifacts.download_artifacts(run_id=teacher_run_id, artifact_path=TEACHER_LOGITS_ARTIFACT)
-    except Exception as error:
+    except (MlflowException, OSError) as error:
         raise ValueError(
             f"teacher: run {teacher_run_id} has no stored {TEACHER_LOGITS_ARTIFACT}; use teacher_signal=online"
         ) from error

@@ -180,7 +180,12 @@ def softmax(logits):
 
 @pytest.mark.parametrize(
     "parameters, named",
-    [({"temperature": "-1"}, "temperature"), ({"teacher": "models:/nope/1"}, "teacher"), ({"num_steps": "0"}, "num_steps")],
+    [
+        ({"temperature": "-1"}, "temperature"),
+        ({"num_steps": "0"}, "num_steps"),
+        ({"teacher": "models:/nope/1"}, "teacher"),
+        ({"teacher": "models:/kd-student/1"}, "teacher"),  # Resolves, but stored no teacher logits.
+    ],
 )
 def test_bad_input_fails_fast_and_marks_the_run_failed(store, parameters, named):
     started = time.monotonic()
