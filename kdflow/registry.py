@@ -89,6 +89,9 @@ def log_model(keras_model, kind: str, example_images: np.ndarray, validation_acc
             input_example=example,
             registered_model_name=REGISTERED_NAMES[kind],
             pip_requirements=[f"{name}=={metadata.version(name)}" for name in MODEL_REQUIREMENTS],
+            # DigitClassifier is pickled by reference to kdflow.registry: ship the package with the
+            # model so it loads where kdflow is not installed.
+            code_paths=[str(Path(__file__).resolve().parent)],
         )
     client = mlflow.MlflowClient()
     version = model_info.registered_model_version
