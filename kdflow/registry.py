@@ -17,12 +17,18 @@ import mlflow
 import numpy as np
 import pandas as pd
 from mlflow.exceptions import MlflowException
-from mlflow.models import infer_signature
+from mlflow.models import ModelSignature
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.types import ColSpec, DataType, Schema
+from mlflow.types.schema import Array
 
 REGISTERED_NAMES = {"teacher": "kd-teacher", "student": "kd-student", "distill": "kd-student"}
 CHAMPION = "champion"
 VALIDATION_ACCURACY_TAG = "validation_accuracy"
+SIGNATURE = ModelSignature(
+    inputs=None,  # Checked by images_to_pixels; see the module docstring.
+    outputs=Schema([ColSpec(DataType.long, "digit"), ColSpec(Array(DataType.double), "probabilities")]),
+)
 # What loading the model needs. Named here, pinned to the installed versions, because MLflow's
 # inference of them loads the model in a fresh interpreter: about 9 seconds per run.
 MODEL_REQUIREMENTS = ("mlflow", "cloudpickle", "tensorflow", "keras", "numpy", "pandas")
@@ -75,9 +81,6 @@ class DigitClassifier(mlflow.pyfunc.PythonModel):
 def log_model(keras_model, kind: str, example_images: np.ndarray, validation_accuracy: float):
     """Log the network as this run's model, register it, and return MLflow's ModelInfo."""
     example = (example_images[:3] * 255).round().astype(np.uint8)
-    wrapper = DigitClassifier()
-    wrapper.keras_model = keras_model
-    signature = infer_signature(None, wrapper.predict(None, example))
     with tempfile.TemporaryDirectory() as folder:
         keras_path = Path(folder) / "model.keras"
         keras_model.save(keras_path)
@@ -85,7 +88,7 @@ def log_model(keras_model, kind: str, example_images: np.ndarray, validation_acc
             name="model",
             python_model=DigitClassifier(),
             artifacts={"keras_model": str(keras_path)},
-            signature=signature,
+            signature=SIGNATURE,
             input_example=example,
             registered_model_name=REGISTERED_NAMES[kind],
             pip_requirements=[f"{name}=={metadata.version(name)}" for name in MODEL_REQUIREMENTS],
