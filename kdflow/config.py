@@ -22,6 +22,8 @@ KIND_PARAMETERS = {
     "student": _COMMON,
     "distill": ("temperature",) + _COMMON + ("teacher", "teacher_signal", "alpha"),
 }
+# A sweep takes the recipe of the core kinds (not one temperature, seed or teacher: it spans them).
+SWEEP_RECIPE_PARAMETERS = tuple(name for name in KIND_PARAMETERS["distill"] if name not in ("temperature", "seed", "teacher"))
 
 
 @dataclass(frozen=True)
@@ -71,15 +73,19 @@ class Config:
 DEFAULTS = Config()
 
 
-def _parse_value(name: str, text: str):
-    """Turn one command-line string into the field's type, naming the parameter when it cannot."""
-    default = getattr(DEFAULTS, name)
+def _convert(name: str, text: str, value_type):
+    """Turn one command-line string into ``value_type``, naming the parameter when it cannot."""
     try:
-        if name == "alpha":
-            return None if text.strip() == "" else float(text)
-        return type(default)(text)
+        return value_type(text)
     except ValueError:
-        raise ValueError(f"{name} must be a {type(default).__name__}, got {text!r}") from None
+        raise ValueError(f"{name} must be a {value_type.__name__}, got {text!r}") from None
+
+
+def _parse_value(name: str, text: str):
+    if name == "alpha" and text.strip() == "":
+        return None
+    default = getattr(DEFAULTS, name)
+    return _convert(name, text, float if default is None else type(default))
 
 
 def parse_args(kind: str, argv: list[str]) -> dict[str, str]:
@@ -98,3 +104,56 @@ def make_config(values: dict[str, str]) -> Config:
     if unknown:
         raise ValueError(f"unknown parameters: {', '.join(sorted(unknown))}")
     return Config(**{name: _parse_value(name, text) for name, text in values.items()})
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    temperatures: tuple[float, ...] = (2.0, 5.0)  # one teacher and one distillation per T (kdtf: 2, 5)
+    seeds: tuple[int, ...] = (12,)  # every trial is repeated per seed; the table shows the spread
+    kinds: tuple[str, ...] = KINDS  # which kinds of trial to run: teacher, student, distill
+    address: str = ""  # Ray cluster: empty starts a local one; "auto" or "host:port" joins one
+    cpus_per_trial: float = 1.0  # CPUs Ray reserves per trial; TensorFlow uses as many threads
+    gpus_per_trial: float = 0.0  # GPUs per trial; fractions share a card (memory growth is on)
+
+    def __post_init__(self):
+        if not self.temperatures or not all(math.isfinite(t) and t > 0 for t in self.temperatures):
+            raise ValueError(f"temperatures must be finite numbers > 0, got {self.temperatures}")
+        if not self.seeds:
+            raise ValueError("seeds must name at least one seed")
+        unknown = set(self.kinds) - set(KINDS)
+        if not self.kinds or unknown:
+            raise ValueError(f"kinds must be some of {', '.join(KINDS)}, got {', '.join(self.kinds) or 'none'}")
+        if not self.cpus_per_trial > 0:
+            raise ValueError(f"cpus_per_trial must be > 0, got {self.cpus_per_trial}")
+        if not self.gpus_per_trial >= 0:
+            raise ValueError(f"gpus_per_trial must be >= 0, got {self.gpus_per_trial}")
+
+
+SWEEP_DEFAULTS = SweepConfig()
+
+
+def _parse_list(name: str, text: str, item_type):
+    return tuple(_convert(name, item.strip(), item_type) for item in text.split(",") if item.strip())
+
+
+def parse_sweep_args(argv: list[str]) -> tuple[SweepConfig, dict[str, str]]:
+    """The sweep's own options and, as strings, the recipe options every trial shares."""
+    parser = argparse.ArgumentParser(prog="sweep", description="Sweep kdflow trials over a Ray cluster.")
+    for item in dataclasses.fields(SweepConfig):
+        default = getattr(SWEEP_DEFAULTS, item.name)
+        parser.add_argument(f"--{item.name}", default=",".join(map(str, default)) if isinstance(default, tuple) else str(default))
+    for name in SWEEP_RECIPE_PARAMETERS:
+        default = getattr(DEFAULTS, name)
+        parser.add_argument(f"--{name}", default="" if default is None else str(default))
+    arguments = vars(parser.parse_args(argv))
+    sweep = SweepConfig(
+        temperatures=_parse_list("temperatures", arguments.pop("temperatures"), float),
+        seeds=_parse_list("seeds", arguments.pop("seeds"), int),
+        kinds=_parse_list("kinds", arguments.pop("kinds"), str),
+        address=arguments.pop("address"),
+        cpus_per_trial=_convert("cpus_per_trial", arguments.pop("cpus_per_trial"), float),
+        gpus_per_trial=_convert("gpus_per_trial", arguments.pop("gpus_per_trial"), float),
+    )
+    make_config(arguments)  # Check the shared recipe now, before any cluster is started.
+    return sweep, arguments
+

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+import pandas as pd
 from mlflow.exceptions import MlflowException
 
 from kdflow import config as configuration
@@ -26,16 +27,49 @@ def main(kind: str, argv: list[str]) -> int:
     # `kill` and Ray stop workers with SIGTERM; treat it like Ctrl-C so the run ends KILLED.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        with tracking.tracked_run(kind):
-            config = configuration.make_config(values)
-            tracking.describe_run(kind, config)
-            JOBS[kind](config)
-            print(_log_results())
+        run_job(kind, values)
     except ValueError as error:
         print(f"kdflow {kind}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"kdflow {kind}: interrupted; the run is marked KILLED", file=sys.stderr)
+        return 130
+    return 0
+
+
+def run_job(kind: str, values: dict[str, str], parent_run_id=None, experiment_id=None, tags=None):
+    """Run one job from its parameter strings in a tracked run; return the finished run."""
+    with tracking.tracked_run(kind, parent_run_id, experiment_id, tags) as run:
+        config = configuration.make_config(values)
+        tracking.describe_run(kind, config)
+        JOBS[kind](config)
+        print(_log_results())
+    return mlflow.get_run(run.info.run_id)
+
+
+def sweep_main(argv: list[str]) -> int:
+    """The sweep entry point: trials over a Ray cluster under one parent run; non-zero if any failed."""
+    from kdflow import sweeps
+
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        sweep, recipe = configuration.parse_sweep_args(argv)
+        with tracking.tracked_run("sweep"):
+            tracking.describe_sweep(sweep, recipe)
+            rows = sweeps.run_sweep(sweep, recipe)
+            trials = pd.DataFrame(rows)
+            mlflow.log_text(trials.to_csv(index=False), "trials.csv")
+            print(trials.to_string(index=False))
+            print(_log_results())
+            failed = [row for row in rows if row["outcome"].startswith("failed")]
+            if failed:
+                raise RuntimeError(f"{len(failed)} of {len(rows)} trials failed: " + "; ".join(
+                    f"{row['kind']} T={row['temperature']} seed={row['seed']}" for row in failed))
+    except ValueError as error:
+        print(f"kdflow sweep: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("kdflow sweep: interrupted; the sweep run is marked KILLED", file=sys.stderr)
         return 130
     return 0
 

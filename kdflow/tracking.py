@@ -41,13 +41,13 @@ def run_name(kind: str, config) -> str:
 
 
 @contextmanager
-def tracked_run(kind: str):
+def tracked_run(kind: str, parent_run_id=None, experiment_id=None, tags=None):
     """Start (or, under ``mlflow run``, resume) a run; end it FINISHED, FAILED or KILLED.
 
     The error goes into a tag and an ``error.txt`` artifact, so a failed run says why in the UI,
-    and whatever the run logged before the failure stays.
+    and whatever the run logged before the failure stays. A sweep's trials pass their parent.
     """
-    run = mlflow.start_run()
+    run = mlflow.start_run(experiment_id=experiment_id, parent_run_id=parent_run_id, tags=tags)
     mlflow.set_tags({KIND_TAG: kind, CODE_VERSION_TAG: code_version()})
     try:
         yield run
@@ -61,6 +61,12 @@ def tracked_run(kind: str):
     mlflow.end_run("FINISHED")
 
 
+def _log_new_params(params: dict[str, str]) -> None:
+    """Log the parameters that ``mlflow run`` has not logged already (MLflow forbids changing one)."""
+    already_logged = mlflow.get_run(mlflow.active_run().info.run_id).data.params
+    mlflow.log_params({name: value for name, value in params.items() if name not in already_logged})
+
+
 def describe_run(kind: str, config) -> None:
     """Name the run, log its parameters and the recipe it belongs to.
 
@@ -69,8 +75,7 @@ def describe_run(kind: str, config) -> None:
     ``kdflow.params`` tag, which lookups and the results table read.
     """
     params = config.params(kind)
-    already_logged = mlflow.get_run(mlflow.active_run().info.run_id).data.params
-    mlflow.log_params({name: value for name, value in params.items() if name not in already_logged})
+    _log_new_params(params)
     mlflow.set_tags(
         {
             "mlflow.runName": run_name(kind, config),
@@ -78,6 +83,16 @@ def describe_run(kind: str, config) -> None:
             PARAMS_TAG: json.dumps(params, sort_keys=True),
         }
     )
+
+
+def describe_sweep(sweep, recipe: dict[str, str]) -> None:
+    """Name the sweep run and log its parameters (those ``mlflow run`` has not logged already)."""
+    params = {name: ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+              for name, value in vars(sweep).items()} | recipe
+    _log_new_params(params)
+    temperatures = ",".join(f"{t:g}" for t in sweep.temperatures)
+    seeds = ",".join(map(str, sweep.seeds))
+    mlflow.set_tags({"mlflow.runName": f"sweep-T{temperatures}-seeds{seeds}", PARAMS_TAG: json.dumps(params, sort_keys=True)})
 
 
 def run_key(kind: str, config, data_digest: str) -> str:

@@ -46,6 +46,19 @@ def make_deterministic(seed: int) -> None:
     tf.config.experimental.enable_op_determinism()
 
 
+def configure_devices(cpu_threads: int | None = None) -> None:
+    """Fit TensorFlow to the resources a trial reserved; call before TensorFlow runs any op.
+
+    TensorFlow sizes its thread pools to every core of the machine whatever Ray reserved, and on a
+    GPU it takes all the memory; memory growth lets trials with fractional GPUs share a card.
+    """
+    if cpu_threads:
+        tf.config.threading.set_intra_op_parallelism_threads(cpu_threads)
+        tf.config.threading.set_inter_op_parallelism_threads(cpu_threads)
+    for gpu in tf.config.list_physical_devices("GPU"):
+        tf.config.experimental.set_memory_growth(gpu, True)
+
+
 def training_batches(arrays: tuple, batch_size: int, seed: int) -> tf.data.Dataset:
     """Endless shuffled batches, reshuffled every epoch like the TF1 tutorial's next_batch."""
     dataset = tf.data.Dataset.from_tensor_slices(arrays)
