@@ -18,6 +18,8 @@ from kdflow import config as configuration
 from kdflow import data, jobs, tracking
 
 TRIAL_TAG = "kdflow.trial_id"
+NODE_TAG = "kdflow.ray_node_id"
+WORKER_PID_TAG = "kdflow.worker_pid"
 MAX_FAILURES = 2  # Ray Tune retries a trial whose worker died this many times.
 
 
@@ -80,6 +82,7 @@ def check_cluster_can_track(tracking_uri: str, alive_nodes: int) -> None:
 
 def run_trial(config: dict) -> None:
     """The Ray Tune trainable: one kdflow job as a child run of the sweep."""
+    import ray
     from ray import tune
 
     from kdflow import training
@@ -100,9 +103,9 @@ def run_trial(config: dict) -> None:
         client.set_tag(run.info.run_id, tracking.ERROR_TAG, "the worker died; Ray Tune retried the trial")
         client.set_terminated(run.info.run_id, "FAILED")
     trial = config["trial"]
-    run = jobs.run_job(
-        trial["kind"], trial["values"], config["parent_run_id"], config["experiment_id"], tags={TRIAL_TAG: trial_id}
-    )
+    # Where the trial ran, so a sweep can be checked to use the whole cluster and a worker be found.
+    tags = {TRIAL_TAG: trial_id, NODE_TAG: ray.get_runtime_context().get_node_id(), WORKER_PID_TAG: str(os.getpid())}
+    run = jobs.run_job(trial["kind"], trial["values"], config["parent_run_id"], config["experiment_id"], tags)
     tune.report({"run_id": run.info.run_id, **run.data.metrics})
 
 

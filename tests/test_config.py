@@ -66,3 +66,20 @@ def test_pyproject_and_conda_name_the_same_dependencies():
     conda = yaml.safe_load((ROOT / "conda.yaml").read_text())["dependencies"]
     conda_pip = next(item["pip"] for item in conda if isinstance(item, dict))
     assert sorted(pyproject) == sorted(line for line in conda_pip if not line.startswith("-e"))
+
+
+def test_mlproject_sweep_parameters_mirror_sweep_config():
+    import dataclasses
+
+    entry_point = MLPROJECT["entry_points"]["sweep"]
+    sweep_names = [item.name for item in dataclasses.fields(config.SweepConfig)]
+    assert list(entry_point["parameters"]) == sweep_names + list(config.SWEEP_RECIPE_PARAMETERS)
+    for name in sweep_names:
+        default = getattr(config.SWEEP_DEFAULTS, name)
+        expected = ",".join(map(str, default)) if isinstance(default, tuple) else str(default)
+        assert str(entry_point["parameters"][name]["default"]) == expected, name
+    for name in config.SWEEP_RECIPE_PARAMETERS:
+        default = getattr(config.DEFAULTS, name)
+        assert str(entry_point["parameters"][name]["default"]) == ("" if default is None else str(default)), name
+    for name in entry_point["parameters"]:
+        assert f"--{name} {{{name}}}" in entry_point["command"]

@@ -1,0 +1,180 @@
+"""Sweeps on a real two-node Ray cluster, tracked by a real `mlflow server` on 127.0.0.1.
+
+The cluster is a head and a second worker node on this machine (ray.cluster_utils.Cluster), one
+CPU each; the tracking server keeps its runs in SQLite and proxies artifacts. Trials are short
+(40 steps): accuracy is not judged here.
+"""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from kdflow import config, sweeps, tracking
+from tests.conftest import ROOT
+
+MLFLOW = str(Path(sys.executable).parent / "mlflow")
+SHORT = {"num_steps": "40", "eval_every": "20"}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def tracking_server(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("server")
+    port = free_port()
+    server = subprocess.Popen(
+        [MLFLOW, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{folder}/mlflow.db", "--artifacts-destination", str(folder / "artifacts")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            urllib.request.urlopen(f"{uri}/health", timeout=2)
+            break
+        except OSError:
+            assert server.poll() is None and time.monotonic() < deadline, "mlflow server did not start"
+            time.sleep(1)
+    yield uri
+    server.terminate()
+    server.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def cluster(fetched_mnist):
+    from ray.cluster_utils import Cluster
+
+    # Nodes start from this environment: their workers read MNIST from the test session's cache.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("KDFLOW_CACHE_DIR", str(fetched_mnist[1]))
+        two_nodes = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+        two_nodes.add_node(num_cpus=1)
+        yield two_nodes
+        two_nodes.shutdown()
+
+
+def sweep(cluster, tracking_uri, folder, **parameters) -> subprocess.CompletedProcess:
+    command = [MLFLOW, "run", str(ROOT), "-e", "sweep", "--env-manager", "local", "-P", f"address={cluster.address}"]
+    for name, value in {**SHORT, **parameters}.items():
+        command += ["-P", f"{name}={value}"]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}
+    return subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True, timeout=900)
+
+
+def children(parent_run_id: str):
+    return mlflow.search_runs(
+        search_all_experiments=True,
+        filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'",
+        output_format="list",
+    )
+
+
+def sweep_runs():
+    return mlflow.search_runs(
+        search_all_experiments=True,
+        filter_string=f"tags.`{tracking.KIND_TAG}` = 'sweep'",
+        order_by=["attributes.start_time ASC"],
+        output_format="list",
+    )
+
+
+def test_sweep_spreads_over_both_nodes_and_reuses_finished_trials(cluster, tracking_server, tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_server)
+    first = sweep(cluster, tracking_server, tmp_path, temperatures="2,5", seeds="12")
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-5000:]
+    (parent,) = sweep_runs()
+    trials = children(parent.info.run_id)
+    assert sorted(run.info.run_name for run in trials) == [
+        "distill-T2-seed12", "distill-T5-seed12", "student-seed12", "teacher-T2-seed12", "teacher-T5-seed12"
+    ]
+    assert all(run.info.status == "FINISHED" for run in trials)
+    assert len({run.data.tags[sweeps.NODE_TAG] for run in trials}) == 2
+    artifacts = {item.path for item in mlflow.MlflowClient().list_artifacts(parent.info.run_id)}
+    assert {"results.md", "results.csv", "results.json", "results.png", "trials.csv"} <= artifacts
+    table = Path(mlflow.artifacts.download_artifacts(run_id=parent.info.run_id, artifact_path="results.md")).read_text()
+    assert "| Model | T=2 | T=5 |" in table and "| Distillation | " in table
+
+    second = sweep(cluster, tracking_server, tmp_path, temperatures="2,5", seeds="12")
+    assert second.returncode == 0, second.stderr[-5000:]
+    assert len(sweep_runs()) == 2 and children(sweep_runs()[1].info.run_id) == []
+    trial_table = mlflow.artifacts.download_artifacts(run_id=sweep_runs()[1].info.run_id, artifact_path="trials.csv")
+    outcomes = Path(trial_table).read_text().splitlines()[1:]
+    assert len(outcomes) == 5 and all(",reused," in line for line in outcomes)
+
+
+def test_multi_node_sweep_refuses_a_local_tracking_store(cluster, tmp_path):
+    process = sweep(cluster, f"sqlite:///{tmp_path}/mlflow.db", tmp_path, temperatures="2")
+    assert process.returncode != 0
+    assert "2 nodes" in process.stderr and "mlflow server" in process.stderr
+
+
+def test_killed_worker_is_retried_and_nothing_is_lost(cluster, tracking_server, tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_server)
+    command_env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_server}
+    arguments = ["--address", cluster.address, "--temperatures", "3", "--kinds", "teacher",
+                 "--num_steps", "200", "--eval_every", "20"]
+    process = subprocess.Popen([sys.executable, str(ROOT / "entrypoints" / "sweep.py"), *arguments],
+                               cwd=tmp_path, env=command_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    victim = None
+    deadline = time.monotonic() + 300
+    while victim is None and time.monotonic() < deadline:
+        time.sleep(2)
+        running = mlflow.search_runs(
+            search_all_experiments=True,
+            filter_string="attributes.status = 'RUNNING' and tags.`kdflow.kind` = 'teacher'",
+            output_format="list",
+        )
+        if running and mlflow.MlflowClient().get_metric_history(running[0].info.run_id, "validation_accuracy"):
+            victim = running[0]
+    assert victim is not None, "no trial started training"
+    os.kill(int(victim.data.tags[sweeps.WORKER_PID_TAG]), signal.SIGKILL)
+    output, _ = process.communicate(timeout=600)
+    assert process.returncode == 0, output[-5000:]
+
+    killed = mlflow.get_run(victim.info.run_id)
+    assert killed.info.status == "FAILED" and "worker died" in killed.data.tags[tracking.ERROR_TAG]
+    assert mlflow.MlflowClient().get_metric_history(victim.info.run_id, "validation_accuracy")  # Kept.
+    retried = children(killed.data.tags["mlflow.parentRunId"])
+    finished = [run for run in retried if run.info.status == "FINISHED"]
+    assert len(finished) == 1 and finished[0].data.tags[sweeps.TRIAL_TAG] == killed.data.tags[sweeps.TRIAL_TAG]
+
+
+def test_trial_threads_and_gpu_memory_growth(monkeypatch):
+    import tensorflow as tf
+
+    from kdflow import training
+
+    calls = []
+    monkeypatch.setattr(tf.config.threading, "set_intra_op_parallelism_threads", lambda n: calls.append(("intra", n)))
+    monkeypatch.setattr(tf.config.threading, "set_inter_op_parallelism_threads", lambda n: calls.append(("inter", n)))
+    monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind: ["gpu:0", "gpu:1"] if kind == "GPU" else [])
+    monkeypatch.setattr(tf.config.experimental, "set_memory_growth", lambda gpu, on: calls.append((gpu, on)))
+    training.configure_devices(2)
+    assert calls == [("intra", 2), ("inter", 2), ("gpu:0", True), ("gpu:1", True)]
+
+
+def test_sweep_plan_runs_teachers_first():
+    sweep_config, recipe = config.parse_sweep_args(["--temperatures", "2,5", "--seeds", "12,13", "--num_steps", "7"])
+    teachers, rest = sweeps.plan(sweep_config, recipe)
+    assert [(kind, values["temperature"], values["seed"]) for kind, values in teachers] == [
+        ("teacher", "2.0", "12"), ("teacher", "2.0", "13"), ("teacher", "5.0", "12"), ("teacher", "5.0", "13")
+    ]
+    assert sorted(kind for kind, _ in rest) == ["distill"] * 4 + ["student"] * 2
+    assert all(values["num_steps"] == "7" for _, values in teachers + rest)
+    with pytest.raises(ValueError, match="temperatures"):
+        config.parse_sweep_args(["--temperatures", "-2"])
+    with pytest.raises(ValueError, match="kinds"):
+        config.parse_sweep_args(["--kinds", "teacher,professor"])
