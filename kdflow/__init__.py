@@ -10,5 +10,6 @@ The package is split by concern; each module is short enough to read at once:
 - ``tracking``: MLflow runs, parameters, datasets, teacher lookup and failures.
 - ``registry``: the pyfunc model, registration and the ``champion`` alias.
 - ``results``: the kdtf results table regenerated from the tracked runs.
-- ``jobs``: the teacher, student, distill and report jobs the entry points call.
+- ``sweeps``: temperature and seed trials over a Ray cluster with Ray Tune.
+- ``jobs``: the teacher, student, distill, sweep and report jobs the entry points call.
 """

@@ -114,6 +114,7 @@ class SweepConfig:
     address: str = ""  # Ray cluster: empty starts a local one; "auto" or "host:port" joins one
     cpus_per_trial: float = 1.0  # CPUs Ray reserves per trial; TensorFlow uses as many threads
     gpus_per_trial: float = 0.0  # GPUs per trial; fractions share a card (memory growth is on)
+    resume: bool = False  # continue the newest interrupted sweep with these parameters
 
     def __post_init__(self):
         if not self.temperatures or not all(math.isfinite(t) and t > 0 for t in self.temperatures):
@@ -146,6 +147,8 @@ def parse_sweep_args(argv: list[str]) -> tuple[SweepConfig, dict[str, str]]:
         default = getattr(DEFAULTS, name)
         parser.add_argument(f"--{name}", default="" if default is None else str(default))
     arguments = vars(parser.parse_args(argv))
+    if arguments["resume"].lower() not in ("true", "false"):
+        raise ValueError(f"resume must be true or false, got {arguments['resume']!r}")
     sweep = SweepConfig(
         temperatures=_parse_list("temperatures", arguments.pop("temperatures"), float),
         seeds=_parse_list("seeds", arguments.pop("seeds"), int),
@@ -153,6 +156,7 @@ def parse_sweep_args(argv: list[str]) -> tuple[SweepConfig, dict[str, str]]:
         address=arguments.pop("address"),
         cpus_per_trial=_convert("cpus_per_trial", arguments.pop("cpus_per_trial"), float),
         gpus_per_trial=_convert("gpus_per_trial", arguments.pop("gpus_per_trial"), float),
+        resume=arguments.pop("resume").lower() == "true",
     )
     make_config(arguments)  # Check the shared recipe now, before any cluster is started.
     return sweep, arguments

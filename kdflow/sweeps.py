@@ -20,6 +20,7 @@ from kdflow import data, jobs, tracking
 TRIAL_TAG = "kdflow.trial_id"
 NODE_TAG = "kdflow.ray_node_id"
 WORKER_PID_TAG = "kdflow.worker_pid"
+RESUMED_TAG = "kdflow.resumed_sweep"
 MAX_FAILURES = 2  # Ray Tune retries a trial whose worker died this many times.
 
 
@@ -80,6 +81,44 @@ def check_cluster_can_track(tracking_uri: str, alive_nodes: int) -> None:
         )
 
 
+def end_interrupted_sweep() -> str:
+    """For resume=true: end the newest unfinished sweep with these parameters, return its run id.
+
+    Its finished trials are reused like any finished run; the runs it left RUNNING died with it
+    and end KILLED, so nothing stays RUNNING. The new sweep records which one it continues.
+    """
+    current = mlflow.get_run(mlflow.active_run().info.run_id)
+    sweeps = mlflow.search_runs(
+        experiment_ids=[current.info.experiment_id],
+        filter_string=f"tags.`{tracking.KIND_TAG}` = 'sweep'",
+        order_by=["attributes.start_time DESC"],
+        output_format="list",
+    )
+    interrupted = next(
+        (
+            run
+            for run in sweeps
+            if run.info.run_id != current.info.run_id
+            and run.info.status != "FINISHED"
+            and run.data.tags.get(tracking.PARAMS_TAG) == current.data.tags[tracking.PARAMS_TAG]
+        ),
+        None,
+    )
+    if interrupted is None:
+        raise ValueError("resume: this experiment has no interrupted sweep with these parameters")
+    left_running = mlflow.search_runs(
+        experiment_ids=[current.info.experiment_id],
+        filter_string=f"tags.`mlflow.parentRunId` = '{interrupted.info.run_id}' and attributes.status = 'RUNNING'",
+        output_format="list",
+    )
+    client = mlflow.MlflowClient()
+    for run in left_running + [interrupted] * (interrupted.info.status == "RUNNING"):
+        client.set_tag(run.info.run_id, tracking.ERROR_TAG, f"interrupted; resumed by sweep {current.info.run_id}")
+        client.set_terminated(run.info.run_id, "KILLED")
+    mlflow.set_tag(RESUMED_TAG, interrupted.info.run_id)
+    return interrupted.info.run_id
+
+
 def run_trial(config: dict) -> None:
     """The Ray Tune trainable: one kdflow job as a child run of the sweep."""
     import ray
@@ -115,6 +154,8 @@ def run_sweep(sweep, recipe: dict[str, str]) -> list[dict]:
     from ray import tune
 
     parent = mlflow.active_run()
+    if sweep.resume:
+        print(f"resuming sweep {end_interrupted_sweep()}; its finished trials are reused", flush=True)
     tracking_uri = absolute_tracking_uri()
     ray.init(address=sweep.address or None)
     check_cluster_can_track(tracking_uri, sum(node["Alive"] for node in ray.nodes()))
@@ -147,10 +188,11 @@ def run_sweep(sweep, recipe: dict[str, str]) -> list[dict]:
         )
         for result in tuner.fit():
             trial = result.config["trial"]
-            if result.error is None:
+            if result.error is None and "run_id" in result.metrics:
                 rows.append(_row(trial["kind"], trial["values"], "trained", result.metrics["run_id"], result.metrics))
             else:
-                rows.append(_row(trial["kind"], trial["values"], f"failed: {result.error}", "", {}))
+                reason = result.error or "the trial stopped before it reported"
+                rows.append(_row(trial["kind"], trial["values"], f"failed: {reason}", "", {}))
     return rows
 
 

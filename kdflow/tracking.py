@@ -90,6 +90,7 @@ def describe_sweep(sweep, recipe: dict[str, str]) -> None:
     params = {name: ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
               for name, value in vars(sweep).items()} | recipe
     _log_new_params(params)
+    del params["resume"]  # A resumed sweep has the parameters of the sweep it continues.
     temperatures = ",".join(f"{t:g}" for t in sweep.temperatures)
     seeds = ",".join(map(str, sweep.seeds))
     mlflow.set_tags({"mlflow.runName": f"sweep-T{temperatures}-seeds{seeds}", PARAMS_TAG: json.dumps(params, sort_keys=True)})

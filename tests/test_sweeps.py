@@ -178,3 +178,42 @@ def test_sweep_plan_runs_teachers_first():
         config.parse_sweep_args(["--temperatures", "-2"])
     with pytest.raises(ValueError, match="kinds"):
         config.parse_sweep_args(["--kinds", "teacher,professor"])
+
+
+def test_interrupted_sweep_resumes_without_repeating_finished_trials(cluster, tracking_server, tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_server)
+    mlflow.MlflowClient().create_experiment("resume")
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "resume")  # For the driver and this test's searches.
+    env = dict(os.environ)
+    arguments = ["--address", cluster.address, "--temperatures", "4", "--kinds", "teacher,distill",
+                 "--num_steps", "300", "--eval_every", "20"]
+    command = [sys.executable, str(ROOT / "entrypoints" / "sweep.py"), *arguments]
+    driver = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 400
+    while time.monotonic() < deadline:  # Crash the driver once the distill trial is training.
+        time.sleep(2)
+        running = mlflow.search_runs(filter_string="attributes.status = 'RUNNING' and tags.`kdflow.kind` = 'distill'",
+                                     output_format="list")
+        if running and mlflow.MlflowClient().get_metric_history(running[0].info.run_id, "validation_accuracy"):
+            break
+    driver.kill()
+    driver.wait()
+    (interrupted_sweep,) = sweep_runs_in_experiment()
+    assert interrupted_sweep.info.status == "RUNNING"
+
+    resumed = subprocess.run(command + ["--resume", "true"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-5000:]
+    interrupted_sweep, resuming_sweep = sweep_runs_in_experiment()
+    assert interrupted_sweep.info.status == "KILLED"
+    assert resuming_sweep.data.tags[sweeps.RESUMED_TAG] == interrupted_sweep.info.run_id
+    all_runs = mlflow.search_runs(output_format="list")
+    assert not [run for run in all_runs if run.info.status == "RUNNING"]
+    teachers = [run for run in all_runs if run.data.tags.get("kdflow.kind") == "teacher"]
+    assert len(teachers) == 1 and teachers[0].info.status == "FINISHED"  # Not trained again.
+    distills = {run.info.status for run in all_runs if run.data.tags.get("kdflow.kind") == "distill"}
+    assert distills == {"KILLED", "FINISHED"}
+
+
+def sweep_runs_in_experiment():
+    return mlflow.search_runs(filter_string=f"tags.`{tracking.KIND_TAG}` = 'sweep'",
+                              order_by=["attributes.start_time ASC"], output_format="list")
