@@ -63,11 +63,14 @@ def sweep_main(argv: list[str]) -> int:
             print(_log_results())
             failed = [row for row in rows if row["outcome"].startswith("failed")]
             if failed:
-                raise RuntimeError(f"{len(failed)} of {len(rows)} trials failed: " + "; ".join(
-                    f"{row['kind']} T={row['temperature']} seed={row['seed']}" for row in failed))
+                names = ", ".join(sorted(row["trial"] for row in failed))
+                raise sweeps.TrialsFailed(f"{len(failed)} of {len(rows)} trials failed: {names}")
     except ValueError as error:
         print(f"kdflow sweep: error: {error}", file=sys.stderr)
         return 2
+    except sweeps.TrialsFailed as error:
+        print(f"kdflow sweep: {error}; each failed run holds its error", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("kdflow sweep: interrupted; the sweep run is marked KILLED", file=sys.stderr)
         return 130

@@ -24,6 +24,10 @@ RESUMED_TAG = "kdflow.resumed_sweep"
 MAX_FAILURES = 2  # Ray Tune retries a trial whose worker died this many times.
 
 
+class TrialsFailed(Exception):
+    """Some trials failed for good; the sweep run ends FAILED after logging everything else."""
+
+
 def trial_values(kind: str, temperature: float, seed: int, recipe: dict[str, str]) -> dict[str, str]:
     """The parameter strings of one trial: the shared recipe plus its temperature and seed."""
     values = dict(recipe, temperature=str(temperature), seed=str(seed), teacher="")
@@ -81,6 +85,14 @@ def check_cluster_can_track(tracking_uri: str, alive_nodes: int) -> None:
         )
 
 
+def _end_orphans(runs, status: str, reason: str) -> None:
+    """End runs whose process died before it could end them, saying why."""
+    client = mlflow.MlflowClient()
+    for run in runs:
+        client.set_tag(run.info.run_id, tracking.ERROR_TAG, reason)
+        client.set_terminated(run.info.run_id, status)
+
+
 def end_interrupted_sweep() -> str:
     """For resume=true: end the newest unfinished sweep with these parameters, return its run id.
 
@@ -111,10 +123,8 @@ def end_interrupted_sweep() -> str:
         filter_string=f"tags.`mlflow.parentRunId` = '{interrupted.info.run_id}' and attributes.status = 'RUNNING'",
         output_format="list",
     )
-    client = mlflow.MlflowClient()
-    for run in left_running + [interrupted] * (interrupted.info.status == "RUNNING"):
-        client.set_tag(run.info.run_id, tracking.ERROR_TAG, f"interrupted; resumed by sweep {current.info.run_id}")
-        client.set_terminated(run.info.run_id, "KILLED")
+    orphans = left_running + [interrupted] * (interrupted.info.status == "RUNNING")
+    _end_orphans(orphans, "KILLED", f"interrupted; resumed by sweep {current.info.run_id}")
     mlflow.set_tag(RESUMED_TAG, interrupted.info.run_id)
     return interrupted.info.run_id
 
@@ -137,10 +147,7 @@ def run_trial(config: dict) -> None:
         filter_string=f"tags.`{TRIAL_TAG}` = '{trial_id}' and attributes.status = 'RUNNING'",
         output_format="list",
     )
-    client = mlflow.MlflowClient()
-    for run in stale:
-        client.set_tag(run.info.run_id, tracking.ERROR_TAG, "the worker died; Ray Tune retried the trial")
-        client.set_terminated(run.info.run_id, "FAILED")
+    _end_orphans(stale, "FAILED", "the worker died; Ray Tune retried the trial")
     trial = config["trial"]
     # Where the trial ran, so a sweep can be checked to use the whole cluster and a worker be found.
     tags = {TRIAL_TAG: trial_id, NODE_TAG: ray.get_runtime_context().get_node_id(), WORKER_PID_TAG: str(os.getpid())}
@@ -198,6 +205,7 @@ def run_sweep(sweep, recipe: dict[str, str]) -> list[dict]:
 
 def _row(kind, values, outcome, run_id, metrics) -> dict:
     return {
+        "trial": tracking.run_name(kind, configuration.make_config(values)),
         "kind": kind,
         "temperature": values.get("temperature", ""),
         "seed": values["seed"],

@@ -152,6 +152,21 @@ def test_killed_worker_is_retried_and_nothing_is_lost(cluster, tracking_server, 
     assert len(finished) == 1 and finished[0].data.tags[sweeps.TRIAL_TAG] == killed.data.tags[sweeps.TRIAL_TAG]
 
 
+def test_trials_that_fail_for_good_are_failed_runs_and_fail_the_sweep(cluster, tracking_server, tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_server)
+    mlflow.MlflowClient().create_experiment("failing")
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "failing")
+    process = sweep(cluster, tracking_server, tmp_path, kinds="student", seeds="12,13", data_dir=str(tmp_path / "missing"))
+    assert process.returncode != 0
+    assert "2 of 2 trials failed: student-seed12, student-seed13" in process.stderr, process.stderr[-3000:]
+    (parent,) = sweep_runs_in_experiment()
+    assert parent.info.status == "FAILED"
+    trials = children(parent.info.run_id)
+    # Each trial is tried 1 + MAX_FAILURES times, and every attempt ends FAILED with its error.
+    assert len(trials) == 2 * (1 + sweeps.MAX_FAILURES)
+    assert all(run.info.status == "FAILED" and "missing" in run.data.tags[tracking.ERROR_TAG] for run in trials)
+
+
 def test_trial_threads_and_gpu_memory_growth(monkeypatch):
     import tensorflow as tf
 
