@@ -21,18 +21,30 @@ from kdflow import registry, results, tracking
 TEACHER_LOGITS_ARTIFACT = "teacher_logits.npy"
 
 
+class TrialsFailed(Exception):
+    """Some trials of a sweep failed for good; the sweep run ends FAILED after logging the rest."""
+
+
 def main(kind: str, argv: list[str]) -> int:
     """Entry-point body: parse, run the job in a tracked run, print the table; exit status out."""
     values = configuration.parse_args(kind, argv)
+    return _exit_status(kind, lambda: run_job(kind, values))
+
+
+def _exit_status(name: str, body) -> int:
+    """Run an entry point's body and turn its outcome into a message and an exit status."""
     # `kill` and Ray stop workers with SIGTERM; treat it like Ctrl-C so the run ends KILLED.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        run_job(kind, values)
+        body()
     except ValueError as error:
-        print(f"kdflow {kind}: error: {error}", file=sys.stderr)
+        print(f"kdflow {name}: error: {error}", file=sys.stderr)
         return 2
+    except TrialsFailed as error:
+        print(f"kdflow {name}: {error}; each failed run holds its error", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
-        print(f"kdflow {kind}: interrupted; the run is marked KILLED", file=sys.stderr)
+        print(f"kdflow {name}: interrupted; the run is marked KILLED", file=sys.stderr)
         return 130
     return 0
 
@@ -49,32 +61,22 @@ def run_job(kind: str, values: dict[str, str], parent_run_id=None, experiment_id
 
 def sweep_main(argv: list[str]) -> int:
     """The sweep entry point: trials over a Ray cluster under one parent run; non-zero if any failed."""
+    return _exit_status("sweep", lambda: _sweep(*configuration.parse_sweep_args(argv)))
+
+
+def _sweep(sweep, recipe: dict[str, str]) -> None:
     from kdflow import sweeps
 
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
-    try:
-        sweep, recipe = configuration.parse_sweep_args(argv)
-        with tracking.tracked_run("sweep"):
-            tracking.describe_sweep(sweep, recipe)
-            rows = sweeps.run_sweep(sweep, recipe)
-            trials = pd.DataFrame(rows)
-            mlflow.log_text(trials.to_csv(index=False), "trials.csv")
-            print(trials.to_string(index=False))
-            print(_log_results())
-            failed = [row for row in rows if row["outcome"].startswith("failed")]
-            if failed:
-                names = ", ".join(sorted(row["trial"] for row in failed))
-                raise sweeps.TrialsFailed(f"{len(failed)} of {len(rows)} trials failed: {names}")
-    except ValueError as error:
-        print(f"kdflow sweep: error: {error}", file=sys.stderr)
-        return 2
-    except sweeps.TrialsFailed as error:
-        print(f"kdflow sweep: {error}; each failed run holds its error", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("kdflow sweep: interrupted; the sweep run is marked KILLED", file=sys.stderr)
-        return 130
-    return 0
+    with tracking.tracked_run("sweep"):
+        tracking.describe_sweep(sweep, recipe)
+        rows = sweeps.run_sweep(sweep, recipe)
+        trials = pd.DataFrame(rows)
+        mlflow.log_text(trials.to_csv(index=False), "trials.csv")
+        print(trials.to_string(index=False))
+        print(_log_results())
+        failed = sorted(row["trial"] for row in rows if row["outcome"].startswith("failed"))
+        if failed:
+            raise TrialsFailed(f"{len(failed)} of {len(rows)} trials failed: {', '.join(failed)}")
 
 
 def report_main(argv: list[str]) -> int:
@@ -162,7 +164,8 @@ def train_student(config):
 
 def matching_teacher(config, data_digest: str) -> tuple[str, str]:
     """(run id, model URI) of the newest matching teacher in the experiment, trained if there is none."""
-    teacher_run = tracking.find_teacher_run(config, data_digest)
+    experiment_id = mlflow.active_run().info.experiment_id
+    teacher_run = tracking.find_finished_run("teacher", config, data_digest, experiment_id)
     if teacher_run is None:
         print("no matching teacher run in this experiment; training one", flush=True)
         teacher_run = tracking.train_teacher_run(config)  # Raises if that run fails.

@@ -9,7 +9,6 @@ not trained again; that run is listed in the sweep's trial table instead.
 """
 
 import os
-import tempfile
 from pathlib import Path
 
 import mlflow
@@ -22,10 +21,6 @@ NODE_TAG = "kdflow.ray_node_id"
 WORKER_PID_TAG = "kdflow.worker_pid"
 RESUMED_TAG = "kdflow.resumed_sweep"
 MAX_FAILURES = 2  # Ray Tune retries a trial whose worker died this many times.
-
-
-class TrialsFailed(Exception):
-    """Some trials failed for good; the sweep run ends FAILED after logging everything else."""
 
 
 def trial_values(kind: str, temperature: float, seed: int, recipe: dict[str, str]) -> dict[str, str]:
@@ -50,20 +45,6 @@ def plan(sweep, recipe: dict[str, str]) -> list[list[tuple[str, dict[str, str]]]
         if "distill" in sweep.kinds
     ]
     return [phase for phase in (teachers, students + distills) if phase]
-
-
-def finished_run(kind: str, values: dict[str, str], experiment_id: str):
-    """The newest FINISHED run of the experiment that trained exactly this trial, or None."""
-    config = configuration.make_config(values)
-    key = tracking.run_key(kind, config, data.DATASET_DIGESTS[config.dataset])
-    runs = mlflow.search_runs(
-        experiment_ids=[experiment_id],
-        filter_string=f"tags.`{tracking.RUN_KEY_TAG}` = '{key}' and attributes.status = 'FINISHED'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-        output_format="list",
-    )
-    return runs[0] if runs else None
 
 
 def absolute_tracking_uri() -> str:
@@ -171,7 +152,9 @@ def run_sweep(sweep, recipe: dict[str, str]) -> list[dict]:
     for number, phase in enumerate(plan(sweep, recipe), start=1):
         to_train = []
         for kind, values in phase:
-            reused = finished_run(kind, values, parent.info.experiment_id)
+            config = configuration.make_config(values)
+            digest = data.DATASET_DIGESTS[config.dataset]  # What any source must match.
+            reused = tracking.find_finished_run(kind, config, digest, parent.info.experiment_id)
             if reused is None:
                 to_train.append({"kind": kind, "values": values})
             else:

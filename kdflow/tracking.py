@@ -137,13 +137,12 @@ def log_evaluation(evaluation) -> None:
     )
 
 
-def find_teacher_run(config, data_digest: str):
-    """The newest FINISHED teacher run in this experiment trained like ``config`` asks, or None."""
+def find_finished_run(kind: str, config, data_digest: str, experiment_id: str):
+    """The newest FINISHED run of the experiment that trained exactly this (same run key), or None."""
     runs = mlflow.search_runs(
-        experiment_ids=[mlflow.active_run().info.experiment_id],
+        experiment_ids=[experiment_id],
         filter_string=(
-            f"tags.`{RUN_KEY_TAG}` = '{run_key('teacher', config, data_digest)}' "
-            "and attributes.status = 'FINISHED'"
+            f"tags.`{RUN_KEY_TAG}` = '{run_key(kind, config, data_digest)}' and attributes.status = 'FINISHED'"
         ),
         order_by=["attributes.start_time DESC"],
         max_results=1,

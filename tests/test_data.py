@@ -7,11 +7,7 @@ online, and importing TensorFlow for it costs seconds.
 import gzip
 import hashlib
 import logging
-import pickle
 import shutil
-import subprocess
-import sys
-import zipfile
 from pathlib import Path
 
 import numpy as np
