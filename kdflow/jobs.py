@@ -81,13 +81,16 @@ def _sweep(sweep, recipe: dict[str, str]) -> None:
 
 def report_main(argv: list[str]) -> int:
     """Regenerate the results table of this run's experiment and log it as the run's artifacts."""
-    if argv:
-        print(f"kdflow report: error: takes no parameters, got {' '.join(argv)}", file=sys.stderr)
-        return 2
-    with mlflow.start_run():
-        mlflow.set_tags({tracking.KIND_TAG: "report", "mlflow.runName": "report"})
+    return _exit_status("report", lambda: _report(argv))
+
+
+def _report(argv: list[str]) -> None:
+    # A tracked run like the others, so a failed report also ends FAILED with its error recorded.
+    with tracking.tracked_run("report"):
+        mlflow.set_tag("mlflow.runName", "report")
+        if argv:
+            raise ValueError(f"report takes no parameters, got {' '.join(argv)}")
         print(_log_results())
-    return 0
 
 
 def _log_results() -> str:
