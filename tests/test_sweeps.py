@@ -7,50 +7,25 @@ CPU each; the tracking server keeps its runs in SQLite and proxies artifacts. Tr
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import mlflow
 import pytest
 
 from kdflow import config, sweeps, tracking
-from tests.conftest import ROOT
-
-MLFLOW = str(Path(sys.executable).parent / "mlflow")
-SHORT = {"num_steps": "40", "eval_every": "20"}
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
+from tests.conftest import MLFLOW, ROOT, SHORT, free_port, serving
 
 @pytest.fixture(scope="module")
 def tracking_server(tmp_path_factory):
     folder = tmp_path_factory.mktemp("server")
-    port = free_port()
-    server = subprocess.Popen(
-        [MLFLOW, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{folder}/mlflow.db", "--artifacts-destination", str(folder / "artifacts")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    uri = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            urllib.request.urlopen(f"{uri}/health", timeout=2)
-            break
-        except OSError:
-            assert server.poll() is None and time.monotonic() < deadline, "mlflow server did not start"
-            time.sleep(1)
-    yield uri
-    server.terminate()
-    server.wait(timeout=30)
+    uri = f"http://127.0.0.1:{free_port()}"
+    command = [MLFLOW, "server", "--host", "127.0.0.1", "--port", uri.rsplit(":", 1)[1], "--workers", "1",
+               "--backend-store-uri", f"sqlite:///{folder}/mlflow.db", "--artifacts-destination", str(folder / "artifacts")]
+    with serving(command, f"{uri}/health"):
+        yield uri
 
 
 @pytest.fixture(scope="module")

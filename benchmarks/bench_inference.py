@@ -1,0 +1,129 @@
+"""Inference speed of the registered student, as ratios against a bare Keras baseline in this script.
+
+Command (about 2 minutes on 2 cores, no GPU), from the project root in the README's environment:
+
+    python benchmarks/bench_inference.py
+
+1. Throughput on the 10,000 MNIST test images: ``mlflow.pyfunc`` ``predict`` of
+   ``models:/kd-student@champion`` (uint8 images in; input checks, softmax and a DataFrame out)
+   against Keras ``model.predict`` of the same network and weights on the same images, already
+   as float32. Target: pyfunc >= 0.8 of bare Keras. Each is timed several times, alternating; the
+   median counts, since the machine is shared and noisy.
+2. Latency of ``mlflow models serve`` over loopback: median and 99th percentile of a JSON
+   ``inputs`` request of 1 image and of 100 images, one request at a time.
+
+The student is trained for a few steps into a throw-away store: speed does not depend on weights.
+"""
+
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL_URI = "models:/kd-student@champion"
+REPEATS = 15
+REQUESTS = 300
+
+
+def median_seconds(function, repeats: int = REPEATS) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def throughput(images: np.ndarray) -> dict[str, float]:
+    import mlflow
+
+    model = mlflow.pyfunc.load_model(MODEL_URI)
+    keras_model = model.unwrap_python_model().keras_model
+    pixels = images.astype(np.float32) / 255.0
+    model.predict(images[:10]), keras_model.predict(pixels[:10], verbose=0)  # Build and trace first.
+    pyfunc_times, keras_times, keras_default_times = [], [], []
+    for _ in range(REPEATS):  # Alternate, so that a noisy moment hits both.
+        pyfunc_times.append(median_seconds(lambda: model.predict(images), 1))
+        keras_times.append(median_seconds(lambda: keras_model.predict(pixels, batch_size=len(pixels), verbose=0), 1))
+        keras_default_times.append(median_seconds(lambda: keras_model.predict(pixels, verbose=0), 1))
+    return {
+        "pyfunc": len(images) / statistics.median(pyfunc_times),
+        "keras": len(images) / statistics.median(keras_times),
+        "keras_batch_32": len(images) / statistics.median(keras_default_times),
+    }
+
+
+def latencies(url: str, images: np.ndarray, batch: int) -> tuple[float, float]:
+    body = json.dumps({"inputs": images[:batch].tolist()}).encode()
+    times = []
+    for index in range(REQUESTS + 10):
+        request = urllib.request.Request(f"{url}/invocations", body, {"Content-Type": "application/json"})
+        start = time.perf_counter()
+        with urllib.request.urlopen(request) as response:
+            assert response.status == 200 and len(json.load(response)["predictions"]) == batch
+        if index >= 10:  # The first requests warm the server up.
+            times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times), 1000 * float(np.percentile(times, 99))
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def serve(env: dict, port: int) -> subprocess.Popen:
+    mlflow_command = str(Path(sys.executable).parent / "mlflow")
+    command = [mlflow_command, "models", "serve", "-m", MODEL_URI, "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]
+    server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(180):
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
+            return server
+        except OSError:
+            time.sleep(1)
+    server.kill()
+    raise RuntimeError("mlflow models serve did not start")
+
+
+def main() -> None:
+    from kdflow import data
+
+    splits = data.load_dataset("mnist")
+    images = (splits.test_images * 255).round().astype(np.uint8)  # Raw MNIST bytes, as a user sends them.
+    with tempfile.TemporaryDirectory() as folder:
+        os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{folder}/mlflow.db"
+        env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+        subprocess.run(
+            [str(Path(sys.executable).parent / "mlflow"), "run", str(ROOT), "-e", "student", "--env-manager", "local",
+             "-P", "num_steps=50", "-P", "eval_every=50"],
+            cwd=folder, env=env, check=True, capture_output=True,
+        )
+        speeds = throughput(images)
+        port = free_port()
+        server = serve(env, port)
+        try:
+            single = latencies(f"http://127.0.0.1:{port}", images, 1)
+            hundred = latencies(f"http://127.0.0.1:{port}", images, 100)
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+    print(f"pyfunc predict, 10,000 test images: {speeds['pyfunc']:,.0f} images/s")
+    print(f"Keras model.predict, one batch of 10,000: {speeds['keras']:,.0f} images/s")
+    print(f"  ratio pyfunc / Keras: {speeds['pyfunc'] / speeds['keras']:.2f} (target >= 0.8)")
+    print(f"Keras model.predict, default batches of 32: {speeds['keras_batch_32']:,.0f} images/s")
+    print(f"mlflow models serve, batch of 1: median {single[0]:.1f} ms, p99 {single[1]:.1f} ms ({REQUESTS} requests)")
+    print(f"mlflow models serve, batch of 100: median {hundred[0]:.1f} ms, p99 {hundred[1]:.1f} ms ({REQUESTS} requests)")
+
+
+if __name__ == "__main__":
+    main()
