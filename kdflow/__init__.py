@@ -12,4 +12,5 @@ The package is split by concern; each module is short enough to read at once:
 - ``results``: the kdtf results table regenerated from the tracked runs.
 - ``sweeps``: temperature and seed trials over a Ray cluster with Ray Tune.
 - ``jobs``: the teacher, student, distill, sweep and report jobs the entry points call.
+- ``predict``: image files to MNIST digits and answers from a registered model.
 """

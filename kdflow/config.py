@@ -13,14 +13,17 @@ from kdflow.data import DATASETS
 
 KINDS = ("teacher", "student", "distill")
 TEACHER_SIGNALS = ("cached", "online")
+# Training presets. "kdtf" is the original; "tuned" starts the student at zero instead of kdtf's
+# N(0, 1), which saturates its softmax. They differ in the student only, so teachers are shared.
+RECIPES = ("kdtf", "tuned")
 
 # Which parameters each kind of run takes. The standalone student trains at T = 1, as kdtf did,
 # so it has no temperature; only distillation needs a teacher and a loss weighting.
 _COMMON = ("num_steps", "batch_size", "learning_rate", "eval_every", "seed", "dataset", "data_dir")
 KIND_PARAMETERS = {
     "teacher": ("temperature",) + _COMMON,
-    "student": _COMMON,
-    "distill": ("temperature",) + _COMMON + ("teacher", "teacher_signal", "alpha"),
+    "student": ("recipe",) + _COMMON,
+    "distill": ("recipe", "temperature", "teacher_temperature") + _COMMON + ("teacher", "teacher_signal", "alpha"),
 }
 # A sweep takes the recipe of the core kinds (not one temperature, seed or teacher: it spans them).
 SWEEP_RECIPE_PARAMETERS = tuple(name for name in KIND_PARAMETERS["distill"] if name not in ("temperature", "seed", "teacher"))
@@ -28,7 +31,9 @@ SWEEP_RECIPE_PARAMETERS = tuple(name for name in KIND_PARAMETERS["distill"] if n
 
 @dataclass(frozen=True)
 class Config:
+    recipe: str = "kdtf"  # training preset: "kdtf" (the original) or "tuned" (the student starts at zero)
     temperature: float = 5.0  # softmax temperature T: the teacher trains at T, soft targets use T (kdtf: 2 or 5)
+    teacher_temperature: float | None = None  # T the teacher trained at; empty: the distillation's T (kdtf)
     num_steps: int = 5000  # optimiser steps of batch_size examples (kdtf: 5000)
     batch_size: int = 128  # examples per step (kdtf: 128)
     learning_rate: float = 0.001  # Adam learning rate (kdtf: 0.001)
@@ -41,8 +46,15 @@ class Config:
     alpha: float | None = None  # None: kdtf loss CE + T^2*CE_soft; else alpha*T^2*KL + (1-alpha)*CE
 
     def __post_init__(self):
-        if not (math.isfinite(self.temperature) and self.temperature > 0):
-            raise ValueError(f"temperature must be a finite number > 0, got {self.temperature}")
+        if self.teacher_temperature == self.temperature:
+            # The same run as kdtf's default, so it must have the same parameters and be reused.
+            object.__setattr__(self, "teacher_temperature", None)
+        if self.recipe not in RECIPES:
+            raise ValueError(f"recipe must be one of {', '.join(RECIPES)}, got {self.recipe!r}")
+        for name in ("temperature", "teacher_temperature"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a finite number > 0, got {value}")
         for name in ("num_steps", "batch_size", "eval_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -57,12 +69,17 @@ class Config:
         if self.alpha is not None and not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"alpha must be empty (kdtf loss) or between 0 and 1, got {self.alpha}")
 
-    def recipe(self) -> str:
-        """Name the training recipe: runs are compared in one results table only within a recipe."""
+    def setup(self) -> str:
+        """What every kind of run shares; results are compared in one table only within a setup."""
         return (
             f"{self.dataset} steps={self.num_steps} batch={self.batch_size} "
             f"lr={self.learning_rate:g} eval_every={self.eval_every}"
         )
+
+    def teacher_config(self) -> "Config":
+        """The configuration of the teacher a distillation learns from (kdtf: the same T)."""
+        temperature = self.temperature if self.teacher_temperature is None else self.teacher_temperature
+        return dataclasses.replace(self, temperature=temperature)
 
     def params(self, kind: str) -> dict[str, str]:
         """The parameters a run of this kind logs, as canonical strings (lookups compare them)."""
@@ -82,10 +99,10 @@ def _convert(name: str, text: str, value_type):
 
 
 def _parse_value(name: str, text: str):
-    if name == "alpha" and text.strip() == "":
-        return None
     default = getattr(DEFAULTS, name)
-    return _convert(name, text, float if default is None else type(default))
+    if default is None:  # alpha and teacher_temperature: empty means "as kdtf".
+        return None if text.strip() == "" else _convert(name, text, float)
+    return _convert(name, text, type(default))
 
 
 def parse_args(kind: str, argv: list[str]) -> dict[str, str]:
@@ -109,7 +126,7 @@ def make_config(values: dict[str, str]) -> Config:
 @dataclass(frozen=True)
 class SweepConfig:
     temperatures: tuple[float, ...] = (2.0, 5.0)  # one teacher and one distillation per T (kdtf: 2, 5)
-    seeds: tuple[int, ...] = (12,)  # every trial is repeated per seed; the table shows the spread
+    seeds: tuple[int, ...] = (12, 13, 14)  # every trial is repeated per seed; the table shows the spread
     kinds: tuple[str, ...] = KINDS  # which kinds of trial to run: teacher, student, distill
     address: str = ""  # Ray cluster: empty starts a local one; "auto" or "host:port" joins one
     cpus_per_trial: float = 1.0  # CPUs Ray reserves per trial; TensorFlow uses as many threads

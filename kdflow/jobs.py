@@ -8,6 +8,7 @@ TensorFlow is imported only once the parameters are known to be good, so bad inp
 import signal
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import mlflow
@@ -118,6 +119,8 @@ def _finish(kind, model, result, splits):
             "best_validation_accuracy": result.best_validation_accuracy,
             "best_step": result.best_step,
             "train_images_per_second": result.train_images_per_second,
+            "train_seconds": result.train_seconds,
+            "evaluation_seconds": result.evaluation_seconds,
         }
     )
     model_info = registry.log_model(model, kind, splits.validation_images, result.best_validation_accuracy)
@@ -154,7 +157,9 @@ def train_teacher(config):
     # Every distillation run at any temperature reads these instead of running the teacher again.
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / TEACHER_LOGITS_ARTIFACT
+        started = time.perf_counter()
         np.save(path, training.predict_logits(teacher, splits.train_images))
+        mlflow.log_metric("teacher_logits_seconds", time.perf_counter() - started)
         mlflow.log_artifact(str(path))
 
 
@@ -162,16 +167,17 @@ def train_student(config):
     """Softmax regression on hard labels alone, at T = 1: kdtf's "student only" row."""
     from kdflow import models
 
-    _train_on_hard_labels("student", config, models.build_student, 1.0)
+    _train_on_hard_labels("student", config, lambda: models.build_student(config.recipe), 1.0)
 
 
 def matching_teacher(config, data_digest: str) -> tuple[str, str]:
     """(run id, model URI) of the newest matching teacher in the experiment, trained if there is none."""
     experiment_id = mlflow.active_run().info.experiment_id
-    teacher_run = tracking.find_finished_run("teacher", config, data_digest, experiment_id)
+    teacher_config = config.teacher_config()
+    teacher_run = tracking.find_finished_run("teacher", teacher_config, data_digest, experiment_id)
     if teacher_run is None:
         print("no matching teacher run in this experiment; training one", flush=True)
-        teacher_run = tracking.train_teacher_run(config)  # Raises if that run fails.
+        teacher_run = tracking.train_teacher_run(teacher_config)  # Raises if that run fails.
     else:
         print(f"reusing teacher run {teacher_run.info.run_id}", flush=True)
     return teacher_run.info.run_id, teacher_run.data.tags[tracking.MODEL_URI_TAG]
@@ -206,7 +212,7 @@ def distill(config):
         teacher_run_id, teacher_model_uri = matching_teacher(config, splits.digest)
     tracking.record_teacher(teacher_run_id, teacher_model_uri)
     training.make_deterministic(config.seed)
-    student = models.build_student()
+    student = models.build_student(config.recipe)
 
     def objective(images, labels, teacher_logits):
         student_logits = student(images, training=True)

@@ -1,9 +1,11 @@
 """The kdtf README results table, regenerated from the tracked runs of an MLflow experiment.
 
-Runs are tagged with their kind (teacher, student, distill), recipe and canonical parameters
-(temperature, seed, alpha), and log their test accuracy. The finished runs are grouped by recipe, so that different recipes are
-never averaged together, into one table each: rows Teacher / Distillation / Student only, one
-column per temperature, cells ``mean ± std (n)`` in percent over seeds, the kdtf numbers beside.
+Runs are tagged with their kind (teacher, student, distill), recipe preset, setup (dataset, steps,
+batch, learning rate) and canonical parameters (temperature, seed, alpha, teacher temperature),
+and log their test accuracy. The finished runs are grouped by setup and recipe, so that different
+recipes are never averaged together, into one table each (a setup's teachers, the same in every
+recipe, appear in each of its tables): rows Teacher / Distillation / Student only, one column per
+temperature, cells ``mean ± std (n)`` in percent over seeds, the kdtf numbers beside.
 Every cell keeps the ids of its runs, listed in the CSV and JSON, so each number can be traced.
 """
 
@@ -19,7 +21,7 @@ import mlflow
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from kdflow.tracking import KIND_TAG, PARAMS_TAG, RECIPE_TAG
+from kdflow.tracking import KIND_TAG, PARAMS_TAG, RECIPE_TAG, SETUP_TAG
 
 TEACHER, DISTILLATION, STUDENT = "Teacher", "Distillation", "Student only"
 # The numbers of the kdtf README, in percent. The standalone student trains at T=1, but kdtf
@@ -35,10 +37,12 @@ class RunRecord:
     """One tracked run, reduced to what the table needs; accuracy is a fraction in [0, 1]."""
     run_id: str
     recipe: str
+    setup: str
     kind: str
     temperature: float
     seed: str
     alpha: str
+    teacher_temperature: str
     accuracy: float
 
 
@@ -91,19 +95,24 @@ def collect_runs(experiment_id: str, include_run_id: str | None = None, client=N
         # The canonical values: `mlflow run` logs parameters as typed ("5", "''").
         params = json.loads(tags.get(PARAMS_TAG, "{}"))
         records.append(RunRecord(
-            run_id=run.info.run_id, recipe=tags.get(RECIPE_TAG, ""), kind=kind,
+            run_id=run.info.run_id, recipe=tags.get(RECIPE_TAG, ""), setup=tags.get(SETUP_TAG, ""), kind=kind,
             temperature=float(params.get("temperature", "1.0")), seed=params.get("seed", ""),
-            alpha=params.get("alpha", "").strip(), accuracy=float(metrics["test_accuracy"]),
+            alpha=params.get("alpha", "").strip(), teacher_temperature=params.get("teacher_temperature", "").strip(),
+            accuracy=float(metrics["test_accuracy"]),
         ))
     return records
 
 
 def _row_of(record: RunRecord) -> tuple[tuple, str]:
-    """The row a run belongs to, with a key that orders rows as kdtf does, alpha rows after."""
-    if record.kind == "distill" and record.alpha:
-        return (2, float(record.alpha)), f"{DISTILLATION} (alpha={float(record.alpha):g})"
-    return {"teacher": ((0, 0.0), TEACHER), "distill": ((1, 0.0), DISTILLATION),
-            "student": ((3, 0.0), STUDENT)}[record.kind]
+    """The row a run belongs to, with a key that orders rows as kdtf does, variants after."""
+    if record.kind == "distill" and (record.alpha or record.teacher_temperature):
+        variants = [f"alpha={float(record.alpha):g}"] if record.alpha else []
+        if record.teacher_temperature:
+            variants.append(f"teacher T={float(record.teacher_temperature):g}")
+        key = (float(record.alpha or -1), float(record.teacher_temperature or -1))
+        return (2, *key), f"{DISTILLATION} ({', '.join(variants)})"
+    return {"teacher": ((0, 0.0, 0.0), TEACHER), "distill": ((1, 0.0, 0.0), DISTILLATION),
+            "student": ((3, 0.0, 0.0), STUDENT)}[record.kind]
 
 
 def _cell(row: str, temperature: float, records: list[RunRecord]) -> Cell:
@@ -114,10 +123,13 @@ def _cell(row: str, temperature: float, records: list[RunRecord]) -> Cell:
 
 
 def build_tables(records: list[RunRecord]) -> list[Table]:
-    """Group the runs by recipe, then by row and temperature, and aggregate each group."""
+    """Group the runs by setup and recipe, then by row and temperature, and aggregate each group."""
+    keys = {(r.setup, r.recipe) for r in records if r.kind != "teacher"}
+    # Teachers are shared by the recipes of their setup; alone, they make a kdtf table.
+    keys |= {(r.setup, "kdtf") for r in records if r.kind == "teacher" and r.setup not in {k[0] for k in keys}}
     tables = []
-    for recipe in sorted({record.recipe for record in records}):
-        in_recipe = [record for record in records if record.recipe == recipe]
+    for setup, recipe in sorted(keys):
+        in_recipe = [r for r in records if r.setup == setup and (r.kind == "teacher" or r.recipe == recipe)]
         rows = dict(sorted({_row_of(record) for record in in_recipe}))
         temperatures = sorted({r.temperature for r in in_recipe if r.kind != "student"}) or [1.0]
         cells = []
@@ -128,7 +140,8 @@ def build_tables(records: list[RunRecord]) -> list[Table]:
                 group = [r for r in in_row if row == STUDENT or r.temperature == temperature]
                 if group:
                     cells.append(_cell(row, temperature, group))
-        tables.append(Table(recipe, tuple(rows.values()), tuple(temperatures), tuple(cells)))
+        label = f"{recipe}: {setup}" if setup else recipe
+        tables.append(Table(label, tuple(rows.values()), tuple(temperatures), tuple(cells)))
     return tables
 
 

@@ -31,9 +31,12 @@ def trial_values(kind: str, temperature: float, seed: int, recipe: dict[str, str
 
 def plan(sweep, recipe: dict[str, str]) -> list[list[tuple[str, dict[str, str]]]]:
     """The trials in phases: teachers first, since distillation needs them; then the rest."""
+    # kdtf trains a teacher per temperature; with teacher_temperature set, all learn from one.
+    fixed = recipe.get("teacher_temperature", "").strip()
+    teacher_temperatures = (float(fixed),) if fixed else sweep.temperatures
     teachers = [
         ("teacher", trial_values("teacher", temperature, seed, recipe))
-        for temperature in sweep.temperatures
+        for temperature in teacher_temperatures
         for seed in sweep.seeds
         if {"teacher", "distill"} & set(sweep.kinds)
     ]

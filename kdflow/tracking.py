@@ -17,6 +17,7 @@ from mlflow.data.sources import LocalArtifactDatasetSource
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 KIND_TAG = "kdflow.kind"
 RECIPE_TAG = "kdflow.recipe"
+SETUP_TAG = "kdflow.setup"
 CODE_VERSION_TAG = "kdflow.code_version"
 DATA_DIGEST_TAG = "kdflow.data_digest"
 PARAMS_TAG = "kdflow.params"
@@ -33,9 +34,9 @@ DESCRIPTIONS = {
     "teacher": "Teacher: the CNN trained on the hard labels at T={temperature:g} for {num_steps} steps (seed {seed}). "
     "Its logits on the training images (teacher_logits.npy) are the soft targets of the distillations naming it.",
     "student": "Student only: softmax regression trained on the hard labels alone, at T=1, for {num_steps} steps "
-    "(seed {seed}); the baseline that distillation has to beat.",
+    "(seed {seed}, recipe {recipe}); the baseline that distillation has to beat.",
     "distill": "Distillation: softmax regression trained on the hard labels and the teacher's soft targets at "
-    "T={temperature:g} for {num_steps} steps (seed {seed}).",
+    "T={temperature:g} for {num_steps} steps (seed {seed}, recipe {recipe}).",
 }
 
 
@@ -48,8 +49,16 @@ def code_version() -> str:
 
 
 def run_name(kind: str, config) -> str:
-    temperature = f"-T{config.temperature:g}" if kind != "student" else ""
-    return f"{kind}{temperature}-seed{config.seed}"
+    """E.g. teacher-T5-seed12, student-seed12, distill-T5-seed12, distill-T5-teacherT1-seed12-tuned."""
+    parts = [kind]
+    if kind != "student":
+        parts.append(f"T{config.temperature:g}")
+    if kind == "distill" and config.teacher_temperature is not None:
+        parts.append(f"teacherT{config.teacher_temperature:g}")
+    parts.append(f"seed{config.seed}")
+    if kind != "teacher" and config.recipe != "kdtf":
+        parts.append(config.recipe)
+    return "-".join(parts)
 
 
 @contextmanager
@@ -97,7 +106,9 @@ def describe_run(kind: str, config) -> None:
     params = config.params(kind)
     _log_new_params(params)
     name_run(run_name(kind, config), DESCRIPTIONS[kind].format(**vars(config)))
-    mlflow.set_tags({RECIPE_TAG: config.recipe(), PARAMS_TAG: json.dumps(params, sort_keys=True)})
+    # A teacher is the same in every recipe (they differ in the student): it is the kdtf teacher.
+    recipe = config.recipe if kind != "teacher" else "kdtf"
+    mlflow.set_tags({RECIPE_TAG: recipe, SETUP_TAG: config.setup(), PARAMS_TAG: json.dumps(params, sort_keys=True)})
 
 
 def record_teacher(teacher_run_id: str, teacher_model_uri: str) -> None:
@@ -122,12 +133,14 @@ def describe_sweep(sweep, recipe: dict[str, str]) -> None:
     del params["resume"]  # A resumed sweep has the parameters of the sweep it continues.
     temperatures = ",".join(f"{t:g}" for t in sweep.temperatures)
     seeds = ",".join(map(str, sweep.seeds))
+    fixed_teacher = f"-teacherT{float(recipe['teacher_temperature']):g}" if recipe["teacher_temperature"].strip() else ""
+    preset = f"-{recipe['recipe']}" if recipe["recipe"] != "kdtf" else ""
     name_run(
-        f"sweep-T{temperatures}-seeds{seeds}",
-        f"Sweep of {', '.join(sweep.kinds)} trials at T={temperatures}, seeds {seeds}, on Ray Tune. Every trial "
-        "is a child run; trials.csv says which were trained, reused or failed.",
+        f"sweep-T{temperatures}{fixed_teacher}-seeds{seeds}{preset}",
+        f"Sweep of {', '.join(sweep.kinds)} trials at T={temperatures}, seeds {seeds}, recipe {recipe['recipe']}, "
+        "on Ray Tune. Every trial is a child run; trials.csv says which were trained, reused or failed.",
     )
-    mlflow.set_tag(PARAMS_TAG, json.dumps(params, sort_keys=True))
+    mlflow.set_tags({PARAMS_TAG: json.dumps(params, sort_keys=True), RECIPE_TAG: recipe["recipe"]})
 
 
 def run_key(kind: str, config, data_digest: str) -> str:

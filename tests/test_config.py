@@ -26,7 +26,7 @@ def test_mlproject_parameters_mirror_config(kind):
 
 def test_defaults_are_the_kdtf_recipe():
     assert config.DEFAULTS.params("distill") == {
-        "temperature": "5.0", "num_steps": "5000", "batch_size": "128", "learning_rate": "0.001",
+        "recipe": "kdtf", "teacher_temperature": "", "temperature": "5.0", "num_steps": "5000", "batch_size": "128", "learning_rate": "0.001",
         "eval_every": "100", "seed": "12", "dataset": "mnist", "data_dir": "", "teacher": "",
         "teacher_signal": "cached", "alpha": "",
     }
@@ -38,7 +38,7 @@ def test_defaults_are_the_kdtf_recipe():
         ("temperature", "-1"), ("temperature", "0"), ("temperature", "nan"), ("temperature", "inf"),
         ("num_steps", "0"), ("batch_size", "-3"), ("eval_every", "0"), ("learning_rate", "0"),
         ("dataset", "cifar10"), ("teacher_signal", "sometimes"), ("alpha", "1.5"), ("seed", "twelve"),
-        ("num_steps", "2.5"),
+        ("num_steps", "2.5"), ("recipe", "best"), ("teacher_temperature", "-2"),
     ],
 )
 def test_bad_values_raise_value_error_naming_the_parameter(name, text):
@@ -72,6 +72,7 @@ def test_mlproject_sweep_parameters_mirror_sweep_config():
     import dataclasses
 
     entry_point = MLPROJECT["entry_points"]["sweep"]
+    assert MLPROJECT["entry_points"]["main"] == entry_point  # `mlflow run .` is the default sweep.
     sweep_names = [item.name for item in dataclasses.fields(config.SweepConfig)]
     assert list(entry_point["parameters"]) == sweep_names + list(config.SWEEP_RECIPE_PARAMETERS)
     for name in sweep_names:
@@ -91,3 +92,29 @@ def test_mlproject_predict_defaults_to_the_champion_student():
     parameters = MLPROJECT["entry_points"]["predict"]["parameters"]
     assert parameters["model_uri"]["default"] == predict.DEFAULT_MODEL_URI == "models:/kd-student@champion"
     assert parameters["images"]["type"] == "path"  # MLflow makes it absolute: the command runs in the project.
+
+
+def test_run_names_say_what_was_trained():
+    from kdflow.tracking import run_name
+
+    assert run_name("teacher", config.make_config({"temperature": "2", "recipe": "tuned"})) == "teacher-T2-seed12"
+    assert run_name("student", config.make_config({"seed": "13"})) == "student-seed13"
+    assert run_name("distill", config.make_config({})) == "distill-T5-seed12"
+    fixed = config.make_config({"temperature": "10", "teacher_temperature": "1", "recipe": "tuned"})
+    assert run_name("distill", fixed) == "distill-T10-teacherT1-seed12-tuned"
+    assert fixed.teacher_config().temperature == 1.0 and config.DEFAULTS.teacher_config().temperature == 5.0
+    # A teacher at the distillation's own T is kdtf's default: the same parameters, so reusable.
+    assert config.make_config({"teacher_temperature": "5"}).params("distill") == config.DEFAULTS.params("distill")
+
+
+def test_tuned_recipe_starts_the_student_at_zero():
+    import numpy as np
+
+    from kdflow import models, training
+
+    training.make_deterministic(12)
+    kernel = np.asarray(models.build_student("tuned").layers[-1].kernel)
+    assert not kernel.any()
+    training.make_deterministic(12)
+    kernel = np.asarray(models.build_student("kdtf").layers[-1].kernel)
+    assert 0.9 < kernel.std() < 1.1  # kdtf's N(0, 1)

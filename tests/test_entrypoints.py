@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from kdflow import registry, tracking
-from tests.conftest import ROOT, SHORT, succeeded
+from tests.conftest import MLFLOW, ROOT, SHORT, succeeded
 
 def test_distill_trains_a_teacher_once_then_reuses_it(store):
     (teacher,) = store.runs("teacher")
@@ -180,3 +180,35 @@ def test_report_regenerates_the_table(store):
     (report,) = store.runs("report")
     artifacts = {item.path for item in mlflow.MlflowClient().list_artifacts(report.info.run_id)}
     assert {"results.md", "results.csv", "results.json", "results.png"} <= artifacts
+
+
+def test_distill_can_learn_from_a_teacher_of_another_temperature(store):
+    (teacher,) = store.runs("teacher")  # Trained at T = 5.
+    process = succeeded(store.run("distill", temperature=2, teacher_temperature=5, **SHORT))
+    assert f"reusing teacher run {teacher.info.run_id}" in process.stdout
+    distilled = store.runs("distill")[-1]
+    assert distilled.info.run_name == "distill-T2-teacherT5-seed12"
+    assert distilled.data.tags[tracking.TEACHER_RUN_TAG] == teacher.info.run_id
+    assert "| Distillation (teacher T=5) |" in process.stdout
+
+
+def test_tuned_recipe_has_its_own_table_sharing_the_teachers(store):
+    process = succeeded(store.run("student", recipe="tuned", **SHORT))
+    tuned = store.runs("student")[-1]
+    assert tuned.info.run_name == "student-seed12-tuned" and tuned.data.tags[tracking.RECIPE_TAG] == "tuned"
+    table = process.stdout.split("## Recipe `tuned: mnist steps=40")[1].split("## ")[0]
+    assert "| Teacher |" in table and "| Student only |" in table and "| Distillation |" not in table
+
+
+def test_main_entry_point_reproduces_the_table_from_finished_runs(store):
+    """`mlflow run .` with no entry point is the reproduction sweep; here every trial already ran."""
+    counts = {kind: len(store.runs(kind)) for kind in ("teacher", "student", "distill")}
+    command = [MLFLOW, "run", str(ROOT), "--env-manager", "local",
+               "-P", "temperatures=5", "-P", "seeds=12", *[f"-P{name}={value}" for name, value in SHORT.items()]]
+    process = succeeded(subprocess.run(command, cwd=store.folder, env=store.env, capture_output=True, text=True, timeout=900))
+    assert {kind: len(store.runs(kind)) for kind in counts} == counts  # Nothing trained again.
+    (sweep,) = store.runs("sweep")
+    trials = Path(mlflow.artifacts.download_artifacts(run_id=sweep.info.run_id, artifact_path="trials.csv")).read_text()
+    assert [line.split(",")[0] for line in trials.splitlines()[1:]] == ["teacher-T5-seed12", "student-seed12", "distill-T5-seed12"]
+    assert all(",reused," in line for line in trials.splitlines()[1:])
+    assert "## Recipe `kdtf: mnist steps=40" in process.stdout and "| Distillation |" in process.stdout

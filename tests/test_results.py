@@ -18,22 +18,28 @@ DISTILL_T2 = [0.89, 0.90]  # 89.50 ± 0.71 (2)
 DISTILL_T5 = [0.90, 0.91]  # with the calling run's 0.92: 91.00 ± 1.00 (3)
 ALPHA_T5 = [0.93, 0.95]  # 94.00 ± 1.41 (2)
 STUDENT = [0.88, 0.89, 0.90]  # 89.00 ± 1.00 (3), under every column
+FIXED_TEACHER_T5 = [0.92]  # distilled at T=5 from a teacher trained at T=1: a row of its own
+MNIST = "mnist steps=5000 batch=128 lr=0.001 eval_every=100"
+FASHION = "fashion_mnist steps=5000 batch=128 lr=0.001 eval_every=100"
+KDTF, TUNED, KDTF_FASHION = f"kdtf: {MNIST}", f"tuned: {MNIST}", f"kdtf: {FASHION}"
 
 EXPECTED_KDTF_TABLE = """\
 | Model | T=2 | T=5 | kdtf T=2 | kdtf T=5 |
 |---|---|---|---|---|
 | Teacher | 98.00 ± 0.20 (3) | 98.12 (1) | 97.90 | 98.12 |
 | Distillation | 89.50 ± 0.71 (2) | 91.00 ± 1.00 (3) | 89.14 | 90.77 |
+| Distillation (teacher T=1) | — | 92.00 (1) | — | — |
 | Distillation (alpha=0.5) | — | 94.00 ± 1.41 (2) | — | — |
 | Student only | 89.00 ± 1.00 (3) | 89.00 ± 1.00 (3) | 88.84 | 88.84 |
 """
 
 
-def log_run(experiment_id, kind, recipe, temperature, seed, accuracy=None, alpha=None, status="FINISHED"):
+def log_run(experiment_id, kind, recipe, temperature, seed, accuracy=None, alpha=None, status="FINISHED",
+            setup=MNIST, teacher_temperature=None):
     """Log one run as the training jobs do, ending it with the given status; returns its id."""
     with mlflow.start_run(experiment_id=experiment_id) as run:
-        mlflow.set_tags({"kdflow.kind": kind, "kdflow.recipe": recipe})
-        mlflow.set_tag("kdflow.params", canonical_params(temperature, seed, alpha))
+        mlflow.set_tags({"kdflow.kind": kind, "kdflow.recipe": recipe, "kdflow.setup": setup})
+        mlflow.set_tag("kdflow.params", canonical_params(temperature, seed, alpha, teacher_temperature))
         # `mlflow run` logs parameters as the user typed them; the table must not read these.
         mlflow.log_params({"temperature": f"{temperature:g}", "seed": str(seed), "alpha": "''"})
         if accuracy is not None:
@@ -43,16 +49,19 @@ def log_run(experiment_id, kind, recipe, temperature, seed, accuracy=None, alpha
     return run.info.run_id
 
 
-def canonical_params(temperature, seed, alpha):
+def canonical_params(temperature, seed, alpha, teacher_temperature=None):
     params = {"temperature": str(float(temperature)), "seed": str(seed)}
     if alpha is not None:
         params["alpha"] = alpha
+    if teacher_temperature is not None:
+        params["teacher_temperature"] = teacher_temperature
     return json.dumps(params)
 
 
 def running_run(client, experiment_id, kind, recipe, temperature, accuracy, alpha=""):
     """Create a run that stays RUNNING, as a training job that has not finished yet."""
-    tags = {"kdflow.kind": kind, "kdflow.recipe": recipe, "kdflow.params": canonical_params(temperature, 99, alpha)}
+    tags = {"kdflow.kind": kind, "kdflow.recipe": recipe, "kdflow.setup": MNIST,
+            "kdflow.params": canonical_params(temperature, 99, alpha)}
     run_id = client.create_run(experiment_id, tags=tags).info.run_id
     client.log_metric(run_id, "test_accuracy", accuracy)
     return run_id
@@ -82,17 +91,19 @@ def store(tmp_path_factory):
             log("alpha T=5", "distill", "kdtf", 5, seed, accuracy, alpha="0.5")
         for seed, accuracy in enumerate(STUDENT):
             log("student", "student", "kdtf", 1, seed, accuracy)
+        log("fixed teacher T=5", "distill", "kdtf", 5, 0, FIXED_TEACHER_T5[0], alpha="", teacher_temperature="1.0")
         # Runs that must not count: they would visibly move the means above if they did.
         log("ignored", "teacher", "kdtf", 2, 7, 0.10, status="FAILED")
         log("ignored", "teacher", "kdtf", 2, 8, None)  # Finished without a test accuracy.
         log("ignored", "report", "kdtf", 2, 9, 0.10)  # Not a training run.
         ids["ignored"].append(running_run(client, experiment, "distill", "kdtf", 5, 0.10))
         ids["calling"] = [running_run(client, experiment, "distill", "kdtf", 5, 0.92)]
-        # A second recipe at other temperatures, and a recipe with only student runs.
-        log("fashion teacher", "teacher", "fashion", 10, 0, 0.91)
+        # A second setup at other temperatures, and a second recipe of the first setup, whose
+        # table shares that setup's teachers (recipes differ in the student only).
+        log("fashion teacher", "teacher", "kdtf", 10, 0, 0.91, setup=FASHION)
         for seed, accuracy in enumerate([0.80, 0.82]):
-            log("fashion student", "student", "fashion", 1, seed, accuracy)
-        log("student recipe", "student", "student-only", 1, 0, 0.85)
+            log("fashion student", "student", "kdtf", 1, seed, accuracy, setup=FASHION)
+        log("tuned student", "student", "tuned", 1, 0, 0.85)
         yield client, experiment, ids
 
 
@@ -114,8 +125,8 @@ def test_collect_counts_finished_runs_and_the_calling_run_only(store):
 
 def test_cells_hold_exact_statistics_and_their_run_ids(store, tables):
     _, _, ids = store
-    table = tables["kdtf"]
-    assert table.rows == ("Teacher", "Distillation", "Distillation (alpha=0.5)", "Student only")
+    table = tables[KDTF]
+    assert table.rows == ("Teacher", "Distillation", "Distillation (teacher T=1)", "Distillation (alpha=0.5)", "Student only")
     assert table.temperatures == (2.0, 5.0)
     expected = {  # (row, temperature): (mean, std, run ids)
         ("Teacher", 2.0): (98.0, 0.2, ids["teacher T=2"]),
@@ -123,6 +134,7 @@ def test_cells_hold_exact_statistics_and_their_run_ids(store, tables):
         ("Distillation", 2.0): (89.5, 0.5 ** 0.5, ids["distill T=2"]),
         ("Distillation", 5.0): (91.0, 1.0, ids["distill T=5"] + ids["calling"]),
         ("Distillation (alpha=0.5)", 5.0): (94.0, 2 ** 0.5, ids["alpha T=5"]),
+        ("Distillation (teacher T=1)", 5.0): (92.0, None, ids["fixed teacher T=5"]),
         ("Student only", 2.0): (89.0, 1.0, ids["student"]),
         ("Student only", 5.0): (89.0, 1.0, ids["student"]),
     }
@@ -137,25 +149,26 @@ def test_cells_hold_exact_statistics_and_their_run_ids(store, tables):
     assert table.cell("Distillation (alpha=0.5)", 5.0).kdtf is None
 
 
-def test_recipes_are_kept_apart(store, tables):
+def test_setups_and_recipes_are_kept_apart_but_share_teachers(store, tables):
     _, _, ids = store
-    assert set(tables) == {"kdtf", "fashion", "student-only"}
-    fashion = tables["fashion"]
+    assert set(tables) == {KDTF, KDTF_FASHION, TUNED}
+    fashion = tables[KDTF_FASHION]
     assert fashion.temperatures == (10.0,)
     assert fashion.cell("Teacher", 10.0).run_ids == tuple(ids["fashion teacher"])
     assert fashion.cell("Student only", 10.0).mean == pytest.approx(81.0)
     assert fashion.cell("Teacher", 10.0).kdtf is None
-    only_students = tables["student-only"]
-    assert only_students.temperatures == (1.0,)
-    assert [(c.row, c.n) for c in only_students.cells] == [("Student only", 1)]
+    tuned = tables[TUNED]
+    assert tuned.rows == ("Teacher", "Student only") and tuned.temperatures == (2.0, 5.0)
+    assert tuned.cell("Teacher", 2.0) == tables[KDTF].cell("Teacher", 2.0)
+    assert tuned.cell("Student only", 5.0).run_ids == tuple(ids["tuned student"])
 
 
 def test_markdown_shows_each_recipe_with_the_kdtf_numbers(tables):
     markdown = results.render_markdown(list(tables.values()))
-    assert "## Recipe `kdtf`\n\n" + EXPECTED_KDTF_TABLE in markdown
+    assert f"## Recipe `{KDTF}`\n\n" + EXPECTED_KDTF_TABLE in markdown
     assert "| Student only | 81.00 ± 1.41 (2) | 88.84 | 88.84 |" in markdown
     assert "| Teacher | 91.00 (1) | 97.90 | 98.12 |" in markdown
-    assert "| Model | T=1 | kdtf T=2 | kdtf T=5 |\n|---|---|---|---|\n| Student only | 85.00 (1) |" in markdown
+    assert f"## Recipe `{TUNED}`" in markdown and "| Student only | 85.00 (1) | 85.00 (1) | 88.84 | 88.84 |" in markdown
 
 
 def test_written_files_agree_with_each_other_and_the_markdown(tables, tmp_path):
@@ -165,7 +178,7 @@ def test_written_files_agree_with_each_other_and_the_markdown(tables, tmp_path):
     with paths[1].open(encoding="utf-8", newline="") as file:
         csv_rows = list(csv.DictReader(file))
     json_rows = json.loads(paths[2].read_text(encoding="utf-8"))
-    assert len(csv_rows) == len(json_rows) == sum(len(table.cells) for table in tables.values()) == 10
+    assert len(csv_rows) == len(json_rows) == sum(len(table.cells) for table in tables.values()) == 14
     for csv_row, json_row in zip(csv_rows, json_rows):
         assert csv_row["recipe"] == json_row["recipe"] and csv_row["row"] == json_row["row"]
         assert float(csv_row["mean"]) == json_row["mean"]
@@ -206,9 +219,8 @@ def test_regenerate_from_inside_the_calling_run(store, tmp_path):
     experiment = client.create_experiment("calling")
     log_run(experiment, "distill", "kdtf", 5, 0, 0.90, alpha="")
     with mlflow.start_run(experiment_id=experiment) as run:
-        mlflow.set_tags(
-            {"kdflow.kind": "distill", "kdflow.recipe": "kdtf", "kdflow.params": canonical_params(5, 1, "")}
-        )
+        mlflow.set_tags({"kdflow.kind": "distill", "kdflow.recipe": "kdtf", "kdflow.setup": MNIST,
+                         "kdflow.params": canonical_params(5, 1, "")})
         mlflow.log_metric("test_accuracy", 0.92)
         markdown = results.regenerate(experiment, tmp_path, include_run_id=run.info.run_id)
     assert "| Distillation | 91.00 ± 1.41 (2) | 89.14 | 90.77 |" in markdown

@@ -99,7 +99,7 @@ def test_multi_node_sweep_refuses_a_local_tracking_store(cluster, tmp_path):
 def test_killed_worker_is_retried_and_nothing_is_lost(cluster, tracking_server, tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_server)
     command_env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_server}
-    arguments = ["--address", cluster.address, "--temperatures", "3", "--kinds", "teacher",
+    arguments = ["--address", cluster.address, "--temperatures", "3", "--seeds", "12", "--kinds", "teacher",
                  "--num_steps", "200", "--eval_every", "20"]
     process = subprocess.Popen([sys.executable, str(ROOT / "entrypoints" / "sweep.py"), *arguments],
                                cwd=tmp_path, env=command_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -164,6 +164,13 @@ def test_sweep_plan_runs_teachers_first():
     ]
     assert sorted(kind for kind, _ in rest) == ["distill"] * 4 + ["student"] * 2
     assert all(values["num_steps"] == "7" for _, values in teachers + rest)
+    # With one teacher temperature, the distillations at every T all learn from that teacher.
+    sweep_config, recipe = config.parse_sweep_args(["--temperatures", "2,5", "--seeds", "12", "--teacher_temperature", "1",
+                                                    "--recipe", "tuned"])
+    teachers, rest = sweeps.plan(sweep_config, recipe)
+    assert [values["temperature"] for _, values in teachers] == ["1.0"] and "recipe" not in teachers[0][1]
+    distills = [values for kind, values in rest if kind == "distill"]
+    assert [(v["temperature"], v["teacher_temperature"], v["recipe"]) for v in distills] == [("2.0", "1", "tuned"), ("5.0", "1", "tuned")]
     with pytest.raises(ValueError, match="temperatures"):
         config.parse_sweep_args(["--temperatures", "-2"])
     with pytest.raises(ValueError, match="kinds"):
@@ -175,7 +182,7 @@ def test_interrupted_sweep_resumes_without_repeating_finished_trials(cluster, tr
     mlflow.MlflowClient().create_experiment("resume")
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "resume")  # For the driver and this test's searches.
     env = dict(os.environ)
-    arguments = ["--address", cluster.address, "--temperatures", "4", "--kinds", "teacher,distill",
+    arguments = ["--address", cluster.address, "--temperatures", "4", "--seeds", "12", "--kinds", "teacher,distill",
                  "--num_steps", "300", "--eval_every", "20"]
     command = [sys.executable, str(ROOT / "entrypoints" / "sweep.py"), *arguments]
     driver = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

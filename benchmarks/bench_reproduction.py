@@ -1,0 +1,93 @@
+"""The full reproduction's wall time on this machine, and where the time goes.
+
+Command (about 45 minutes on 2 cores, no GPU), from the project root in the README's environment:
+
+    python benchmarks/bench_reproduction.py [--store DIR]
+
+It runs ``mlflow run . --env-manager local`` (the ``main`` entry point: kdtf's table over seeds
+12, 13 and 14) in DIR (default: a new temporary folder, so that everything is trained), times it,
+and splits the trial slots' time using what each trial's run logged:
+
+- teacher training, student training: ``train_seconds`` (optimiser steps only);
+- evaluation: ``evaluation_seconds`` (validation every ``eval_every`` steps, and the test set);
+- teacher logits: ``teacher_logits_seconds`` (the stored soft-target source);
+- tracking: the rest of each trial's run (data, parameters, metrics, model logging and
+  registration, results regeneration);
+- orchestration: slot time outside any trial's run (Ray workers starting and importing
+  TensorFlow, scheduling, slots idle while a phase's last trials finish), plus the driver's time
+  before and after the sweep.
+
+Targets: under 45 minutes in all; tracking and orchestration under 10% of it. Run it again on the
+same DIR to check that a second run trains nothing (it then reports the reuse, not a breakdown).
+"""
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import mlflow
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_reproduction(folder: Path) -> float:
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{folder}/mlflow.db",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    started = time.perf_counter()
+    subprocess.run([str(Path(sys.executable).parent / "mlflow"), "run", str(ROOT), "--env-manager", "local"],
+                   cwd=folder, env=env, check=True)
+    return time.perf_counter() - started
+
+
+def breakdown(sweep_run, wall_seconds: float) -> tuple[dict[str, float], int, int]:
+    """Seconds per part of the work summed over trial slots (they add up to slots x wall time),
+    the number of trials trained and the number of slots."""
+    trials = mlflow.search_runs(
+        experiment_ids=[sweep_run.info.experiment_id],
+        filter_string=f"tags.`mlflow.parentRunId` = '{sweep_run.info.run_id}' and attributes.status = 'FINISHED'",
+        output_format="list",
+    )
+    parts = dict.fromkeys(["teacher training", "student training", "evaluation", "teacher logits", "tracking"], 0.0)
+    for trial in trials:
+        metrics = trial.data.metrics
+        training = "teacher training" if trial.data.tags["kdflow.kind"] == "teacher" else "student training"
+        parts[training] += metrics["train_seconds"]
+        parts["evaluation"] += metrics["evaluation_seconds"]
+        parts["teacher logits"] += metrics.get("teacher_logits_seconds", 0.0)
+        in_run = (trial.info.end_time - trial.info.start_time) / 1000
+        parts["tracking"] += in_run - metrics["train_seconds"] - metrics["evaluation_seconds"] - metrics.get(
+            "teacher_logits_seconds", 0.0)
+    slots = int(os.cpu_count() // float(sweep_run.data.params.get("cpus_per_trial", "1")))
+    parts["orchestration"] = slots * wall_seconds - sum(parts.values())
+    return parts, len(trials), slots
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--store", type=Path, help="folder of the tracking store (default: a new temporary one)")
+    arguments = parser.parse_args()
+    with tempfile.TemporaryDirectory() as temporary:
+        folder = (arguments.store or Path(temporary)).resolve()
+        folder.mkdir(parents=True, exist_ok=True)
+        wall_seconds = run_reproduction(folder)
+        mlflow.set_tracking_uri(f"sqlite:///{folder}/mlflow.db")
+        (sweep_run,) = mlflow.search_runs(
+            search_all_experiments=True, filter_string="tags.`kdflow.kind` = 'sweep'",
+            order_by=["attributes.start_time DESC"], max_results=1, output_format="list")
+        parts, trained, slots = breakdown(sweep_run, wall_seconds)
+    print(f"mlflow run . --env-manager local: {wall_seconds / 60:.1f} min wall time (target < 45), "
+          f"{trained} trials trained, {slots} at a time")
+    if trained:
+        total = sum(parts.values())
+        for name, seconds in parts.items():
+            print(f"  {name:17s} {seconds / 60:6.1f} slot-min  {100 * seconds / total:5.1f}%")
+        overhead = parts["tracking"] + parts["orchestration"]
+        print(f"  tracking + orchestration: {100 * overhead / total:.1f}% (target < 10%)")
+
+
+if __name__ == "__main__":
+    main()
