@@ -14,7 +14,8 @@ from __future__ import annotations
 import csv
 import json
 import statistics
-from dataclasses import asdict, dataclass
+import textwrap
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import mlflow
@@ -126,10 +127,16 @@ def build_tables(records: list[RunRecord]) -> list[Table]:
     """Group the runs by setup and recipe, then by row and temperature, and aggregate each group."""
     keys = {(r.setup, r.recipe) for r in records if r.kind != "teacher"}
     # Teachers are shared by the recipes of their setup; alone, they make a kdtf table.
-    keys |= {(r.setup, "kdtf") for r in records if r.kind == "teacher" and r.setup not in {k[0] for k in keys}}
+    setups_with_students = {setup for setup, _ in keys}
+    keys |= {(r.setup, "kdtf") for r in records if r.kind == "teacher" and r.setup not in setups_with_students}
     tables = []
     for setup, recipe in sorted(keys):
         in_recipe = [r for r in records if r.setup == setup and (r.kind == "teacher" or r.recipe == recipe)]
+        # A distillation whose teacher trained at its own T is also the fixed-teacher curve's point
+        # at that T (its teacher_temperature was normalised to empty, so it is the kdtf run).
+        fixed_teachers = {(r.alpha, float(r.teacher_temperature)) for r in in_recipe if r.teacher_temperature}
+        in_recipe += [replace(r, teacher_temperature=str(r.temperature)) for r in in_recipe
+                      if r.kind == "distill" and not r.teacher_temperature and (r.alpha, r.temperature) in fixed_teachers]
         rows = dict(sorted({_row_of(record) for record in in_recipe}))
         temperatures = sorted({r.temperature for r in in_recipe if r.kind != "student"}) or [1.0]
         cells = []
@@ -187,7 +194,12 @@ def _plot(tables: list[Table], path: Path) -> None:
             kdtf = [(t, KDTF_ACCURACY[(row, t)]) for t in KDTF_TEMPERATURES if (row, t) in KDTF_ACCURACY]
             if kdtf:
                 axes.scatter(*zip(*kdtf), marker="x", s=60, color=line[0].get_color(), label=f"kdtf {row}")
-        axes.set(title=f"Recipe {table.recipe}", xlabel="temperature T", ylabel="test accuracy (%)")
+        # Temperatures span 1 to 20 in the curve, so a log axis spaces them evenly; ticks at each T.
+        axes.set_xscale("log")
+        axes.set_xticks(table.temperatures, [f"{t:g}" for t in table.temperatures], minor=False)
+        axes.minorticks_off()
+        axes.set(xlabel="temperature T", ylabel="test accuracy (%)")
+        axes.set_title("\n".join(textwrap.wrap(f"Recipe {table.recipe}", 50)), fontsize="medium")
         axes.legend(fontsize="small")
     figure.savefig(path)
 

@@ -29,14 +29,21 @@ def trial_values(kind: str, temperature: float, seed: int, recipe: dict[str, str
     return {name: values[name] for name in configuration.KIND_PARAMETERS[kind]}
 
 
+def teacher_temperatures(sweep, recipe: dict[str, str]) -> list[float]:
+    """The temperatures the sweep's distillations take their teachers from, in sweep order.
+
+    kdtf trains a teacher per temperature; with teacher_temperature set, all learn from one.
+    The rule is the distillation's own (``Config.teacher_config``), so sweep and run agree.
+    """
+    configs = [configuration.make_config(trial_values("distill", t, sweep.seeds[0], recipe)) for t in sweep.temperatures]
+    return list(dict.fromkeys(config.teacher_config().temperature for config in configs))
+
+
 def plan(sweep, recipe: dict[str, str]) -> list[list[tuple[str, dict[str, str]]]]:
     """The trials in phases: teachers first, since distillation needs them; then the rest."""
-    # kdtf trains a teacher per temperature; with teacher_temperature set, all learn from one.
-    fixed = recipe.get("teacher_temperature", "").strip()
-    teacher_temperatures = (float(fixed),) if fixed else sweep.temperatures
     teachers = [
         ("teacher", trial_values("teacher", temperature, seed, recipe))
-        for temperature in teacher_temperatures
+        for temperature in teacher_temperatures(sweep, recipe)
         for seed in sweep.seeds
         if {"teacher", "distill"} & set(sweep.kinds)
     ]

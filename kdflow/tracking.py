@@ -40,10 +40,17 @@ DESCRIPTIONS = {
 }
 
 
+# The modules that decide what a run trains and what it stores for others to reuse (teacher
+# logits, the logged model). Naming, tables, sweeps and prediction are left out, so mending them
+# does not make hours of finished runs unusable for reuse.
+TRAINING_MODULES = ("config", "data", "models", "losses", "training", "jobs", "registry")
+
+
 def code_version() -> str:
-    """A digest of the code that trains: reuse is only safe when this matches, git or no git."""
+    """A digest of the training modules: reuse is only safe when this matches, git or no git."""
     digest = hashlib.sha256()
-    for path in sorted(PROJECT_ROOT.glob("kdflow/*.py")) + sorted(PROJECT_ROOT.glob("entrypoints/*.py")):
+    for module in TRAINING_MODULES:
+        path = PROJECT_ROOT / "kdflow" / f"{module}.py"
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()[:16]
 
@@ -127,13 +134,16 @@ def record_teacher(teacher_run_id: str, teacher_model_uri: str) -> None:
 
 def describe_sweep(sweep, recipe: dict[str, str]) -> None:
     """Name the sweep run and log its parameters (those ``mlflow run`` has not logged already)."""
+    from kdflow.sweeps import teacher_temperatures  # Here, not at the top: sweeps imports this module.
+
     params = {name: ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
               for name, value in vars(sweep).items()} | recipe
     _log_new_params(params)
     del params["resume"]  # A resumed sweep has the parameters of the sweep it continues.
     temperatures = ",".join(f"{t:g}" for t in sweep.temperatures)
     seeds = ",".join(map(str, sweep.seeds))
-    fixed_teacher = f"-teacherT{float(recipe['teacher_temperature']):g}" if recipe["teacher_temperature"].strip() else ""
+    teachers = teacher_temperatures(sweep, recipe)
+    fixed_teacher = f"-teacherT{','.join(f'{t:g}' for t in teachers)}" if teachers != list(sweep.temperatures) else ""
     preset = f"-{recipe['recipe']}" if recipe["recipe"] != "kdtf" else ""
     name_run(
         f"sweep-T{temperatures}{fixed_teacher}-seeds{seeds}{preset}",

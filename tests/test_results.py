@@ -19,18 +19,19 @@ DISTILL_T5 = [0.90, 0.91]  # with the calling run's 0.92: 91.00 ± 1.00 (3)
 ALPHA_T5 = [0.93, 0.95]  # 94.00 ± 1.41 (2)
 STUDENT = [0.88, 0.89, 0.90]  # 89.00 ± 1.00 (3), under every column
 FIXED_TEACHER_T5 = [0.92]  # distilled at T=5 from a teacher trained at T=1: a row of its own
+DISTILL_T1 = [0.88]  # kdtf's way at T=1: its teacher trained at T=1, so it is in both rows
 MNIST = "mnist steps=5000 batch=128 lr=0.001 eval_every=100"
 FASHION = "fashion_mnist steps=5000 batch=128 lr=0.001 eval_every=100"
 KDTF, TUNED, KDTF_FASHION = f"kdtf: {MNIST}", f"tuned: {MNIST}", f"kdtf: {FASHION}"
 
 EXPECTED_KDTF_TABLE = """\
-| Model | T=2 | T=5 | kdtf T=2 | kdtf T=5 |
-|---|---|---|---|---|
-| Teacher | 98.00 ± 0.20 (3) | 98.12 (1) | 97.90 | 98.12 |
-| Distillation | 89.50 ± 0.71 (2) | 91.00 ± 1.00 (3) | 89.14 | 90.77 |
-| Distillation (teacher T=1) | — | 92.00 (1) | — | — |
-| Distillation (alpha=0.5) | — | 94.00 ± 1.41 (2) | — | — |
-| Student only | 89.00 ± 1.00 (3) | 89.00 ± 1.00 (3) | 88.84 | 88.84 |
+| Model | T=1 | T=2 | T=5 | kdtf T=2 | kdtf T=5 |
+|---|---|---|---|---|---|
+| Teacher | — | 98.00 ± 0.20 (3) | 98.12 (1) | 97.90 | 98.12 |
+| Distillation | 88.00 (1) | 89.50 ± 0.71 (2) | 91.00 ± 1.00 (3) | 89.14 | 90.77 |
+| Distillation (teacher T=1) | 88.00 (1) | — | 92.00 (1) | — | — |
+| Distillation (alpha=0.5) | — | — | 94.00 ± 1.41 (2) | — | — |
+| Student only | 89.00 ± 1.00 (3) | 89.00 ± 1.00 (3) | 89.00 ± 1.00 (3) | 88.84 | 88.84 |
 """
 
 
@@ -87,6 +88,8 @@ def store(tmp_path_factory):
             log("distill T=2", "distill", "kdtf", 2, seed, accuracy, alpha="")
         for seed, accuracy in enumerate(DISTILL_T5):
             log("distill T=5", "distill", "kdtf", 5, seed, accuracy, alpha="")
+        for seed, accuracy in enumerate(DISTILL_T1):
+            log("distill T=1", "distill", "kdtf", 1, seed, accuracy, alpha="")
         for seed, accuracy in enumerate(ALPHA_T5):
             log("alpha T=5", "distill", "kdtf", 5, seed, accuracy, alpha="0.5")
         for seed, accuracy in enumerate(STUDENT):
@@ -127,7 +130,7 @@ def test_cells_hold_exact_statistics_and_their_run_ids(store, tables):
     _, _, ids = store
     table = tables[KDTF]
     assert table.rows == ("Teacher", "Distillation", "Distillation (teacher T=1)", "Distillation (alpha=0.5)", "Student only")
-    assert table.temperatures == (2.0, 5.0)
+    assert table.temperatures == (1.0, 2.0, 5.0)
     expected = {  # (row, temperature): (mean, std, run ids)
         ("Teacher", 2.0): (98.0, 0.2, ids["teacher T=2"]),
         ("Teacher", 5.0): (98.12, None, ids["teacher T=5"]),
@@ -135,6 +138,10 @@ def test_cells_hold_exact_statistics_and_their_run_ids(store, tables):
         ("Distillation", 5.0): (91.0, 1.0, ids["distill T=5"] + ids["calling"]),
         ("Distillation (alpha=0.5)", 5.0): (94.0, 2 ** 0.5, ids["alpha T=5"]),
         ("Distillation (teacher T=1)", 5.0): (92.0, None, ids["fixed teacher T=5"]),
+        ("Distillation", 1.0): (88.0, None, ids["distill T=1"]),
+        # The same run: with the teacher at its own T it is the fixed-teacher curve's point at T=1.
+        ("Distillation (teacher T=1)", 1.0): (88.0, None, ids["distill T=1"]),
+        ("Student only", 1.0): (89.0, 1.0, ids["student"]),
         ("Student only", 2.0): (89.0, 1.0, ids["student"]),
         ("Student only", 5.0): (89.0, 1.0, ids["student"]),
     }
@@ -178,7 +185,7 @@ def test_written_files_agree_with_each_other_and_the_markdown(tables, tmp_path):
     with paths[1].open(encoding="utf-8", newline="") as file:
         csv_rows = list(csv.DictReader(file))
     json_rows = json.loads(paths[2].read_text(encoding="utf-8"))
-    assert len(csv_rows) == len(json_rows) == sum(len(table.cells) for table in tables.values()) == 14
+    assert len(csv_rows) == len(json_rows) == sum(len(table.cells) for table in tables.values()) == 17
     for csv_row, json_row in zip(csv_rows, json_rows):
         assert csv_row["recipe"] == json_row["recipe"] and csv_row["row"] == json_row["row"]
         assert float(csv_row["mean"]) == json_row["mean"]

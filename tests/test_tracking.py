@@ -1,0 +1,29 @@
+"""The code version that decides reuse: it must follow the training code and nothing else."""
+
+import shutil
+
+from kdflow import tracking
+
+
+def test_code_version_changes_with_the_training_modules_only(tmp_path, monkeypatch):
+    shutil.copytree(tracking.PROJECT_ROOT / "kdflow", tmp_path / "kdflow")
+    monkeypatch.setattr(tracking, "PROJECT_ROOT", tmp_path)
+    original = tracking.code_version()
+    assert len(original) == 16
+
+    def edited(module: str) -> str:
+        """The code version with one module changed (a comment is enough: it hashes bytes)."""
+        path = tmp_path / "kdflow" / f"{module}.py"
+        source = path.read_text()
+        path.write_text(source + "\n# edited\n")
+        try:
+            return tracking.code_version()
+        finally:
+            path.write_text(source)
+
+    # Tables, names, sweeps and prediction do not change what a finished run trained.
+    for module in ("results", "tracking", "sweeps", "predict"):
+        assert edited(module) == original, module
+    for module in tracking.TRAINING_MODULES:
+        assert edited(module) != original, module
+    assert tracking.code_version() == original
