@@ -26,15 +26,13 @@ sys.path.insert(0, str(ROOT))
 RECIPE = ["--num_steps", "1000", "--temperatures", "2,5", "--seeds", "12,13"]
 
 
-def sweep(*arguments: str):
-    """Run the sweep job in this process, inside its own parent run; return (wall seconds, rows)."""
-    from kdflow import config, sweeps, tracking
+def sweep(*arguments: str) -> float:
+    """Run the sweep job in this process, as the sweep entry point does; return its wall seconds."""
+    from kdflow import sweeps
 
-    sweep_config, recipe = config.parse_sweep_args([*RECIPE, *arguments])
     started = time.perf_counter()
-    with tracking.tracked_run("sweep"):
-        rows = sweeps.run_sweep(sweep_config, recipe)
-    return time.perf_counter() - started, rows
+    sweeps.run_sweep(*sweeps.parse_args([*RECIPE, *arguments]))
+    return time.perf_counter() - started
 
 
 def distill_runs():
@@ -51,11 +49,11 @@ def main() -> None:
         os.chdir(folder)
         sweep("--kinds", "teacher")  # The teachers both sweeps reuse.
         ray.shutdown()
-        sequential_seconds, _ = sweep("--kinds", "distill", "--cpus_per_trial", "2")
+        sequential_seconds = sweep("--kinds", "distill", "--cpus_per_trial", "2")
         ray.shutdown()
         for run in distill_runs():
             mlflow.delete_run(run.info.run_id)
-        parallel_seconds, _ = sweep("--kinds", "distill", "--cpus_per_trial", "1")
+        parallel_seconds = sweep("--kinds", "distill", "--cpus_per_trial", "1")
         job_seconds = [(run.info.end_time - run.info.start_time) / 1000 for run in distill_runs()]
     print(f"command: python benchmarks/bench_sweep.py  ({os.cpu_count()} cores)")
     print("four distill trials (T=2,5 x seeds 12,13, 1000 steps each), wall time of the sweep:")

@@ -2,7 +2,7 @@
 
 import sys
 
-from kdflow import predict
+from kdflow import cli
 
 if __name__ == "__main__":
-    sys.exit(predict.main())
+    sys.exit(cli.predict_main())

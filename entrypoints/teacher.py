@@ -2,7 +2,7 @@
 
 import sys
 
-from kdflow import jobs
+from kdflow import cli
 
 if __name__ == "__main__":
-    sys.exit(jobs.main("teacher", sys.argv[1:]))
+    sys.exit(cli.main("teacher", sys.argv[1:]))

@@ -1,16 +1,17 @@
 """kdflow: Hinton-style knowledge distillation on MNIST, tracked with MLflow and swept with Ray Tune.
 
-The package is split by concern; each module is short enough to read at once:
+The package is split by concern into layers; a module imports only from layers below its own
+(tests/test_layers.py enforces it):
 
+- ``cli``: the command line of every entry point and ``kdflow-predict``: parse, run, message, exit status.
+- ``sweeps``: temperature and seed trials over a Ray cluster with Ray Tune, each a tracked run.
+- ``runs``: one job inside one tracked MLflow run: start and end, name, description, results table.
+- ``jobs``: the teacher, student and distill training jobs. ``results``: the kdtf results table
+  regenerated from the tracked runs. ``predict``: image files to digits and a model's answers.
+- ``tracking``: what a run stores and its reuse key. ``registry``: the pyfunc model, registration
+  and the ``champion`` alias.
 - ``config``: every hyperparameter, its default (the original kdtf recipe) and its validation.
-- ``data``: MNIST and Fashion-MNIST from checked sources, split as the original.
-- ``models``: the teacher CNN and the softmax-regression student.
-- ``losses``: the teacher loss at temperature T and the distillation losses.
-- ``training``: the training loop with evaluation and best-validation restore.
-- ``tracking``: MLflow runs, parameters, datasets, teacher lookup and failures.
-- ``registry``: the pyfunc model, registration and the ``champion`` alias.
-- ``results``: the kdtf results table regenerated from the tracked runs.
-- ``sweeps``: temperature and seed trials over a Ray cluster with Ray Tune.
-- ``jobs``: the teacher, student, distill, sweep and report jobs the entry points call.
-- ``predict``: image files to MNIST digits and answers from a registered model.
+  ``training``: the training loop with evaluation and best-validation restore.
+- ``data``: MNIST and Fashion-MNIST from checked sources. ``models``: the teacher CNN and the
+  softmax-regression student. ``losses``: the teacher loss at temperature T and the distillation losses.
 """

@@ -2,6 +2,8 @@
 
 The MLproject parameters map onto these fields one to one (tests/test_config.py holds them to it),
 and the entry points build their command lines from here, so a new knob is added in exactly one spot.
+Values are typed from the moment they are parsed; ``to_text`` and ``parse_value`` are the only
+places where a value becomes a string (for argv, MLflow parameters and tags) or comes back from one.
 """
 
 import argparse
@@ -13,9 +15,18 @@ from kdflow.data import DATASETS
 
 KINDS = ("teacher", "student", "distill")
 TEACHER_SIGNALS = ("cached", "online")
-# Training presets. "kdtf" is the original; "tuned" starts the student at zero instead of kdtf's
-# N(0, 1), which saturates its softmax. They differ in the student only, so teachers are shared.
-RECIPES = ("kdtf", "tuned")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A training preset. Recipes differ in the student only, so teachers are shared by all."""
+    student_initializer: str  # a name in models.INITIALIZERS: how the student's weights start
+
+
+RECIPES = {
+    "kdtf": Recipe(student_initializer="normal"),  # the original: N(0, 1), which saturates the softmax
+    "tuned": Recipe(student_initializer="zeros"),  # softmax regression is convex, so zero is a fine start
+}
 
 # Which parameters each kind of run takes. The standalone student trains at T = 1, as kdtf did,
 # so it has no temperature; only distillation needs a teacher and a loss weighting.
@@ -23,15 +34,20 @@ _COMMON = ("num_steps", "batch_size", "learning_rate", "eval_every", "seed", "da
 KIND_PARAMETERS = {
     "teacher": ("temperature",) + _COMMON,
     "student": ("recipe",) + _COMMON,
-    "distill": ("recipe", "temperature", "teacher_temperature") + _COMMON + ("teacher", "teacher_signal", "alpha"),
+    "distill": ("recipe", "temperature", "teacher_temperature") + _COMMON
+    + ("teacher", "teacher_signal", "hard_label_weight"),
 }
-# A sweep takes the recipe of the core kinds (not one temperature, seed or teacher: it spans them).
-SWEEP_RECIPE_PARAMETERS = tuple(name for name in KIND_PARAMETERS["distill"] if name not in ("temperature", "seed", "teacher"))
+# Parameters that were renamed, and what to say to someone who still uses the old name.
+RENAMED = {
+    "alpha": "alpha was renamed hard_label_weight, the weight of the hard-label loss (Keras' "
+    "student_loss_weight, torchdistill's alpha); kdflow's old alpha weighted the soft term, so "
+    "alpha=a is hard_label_weight=1-a",
+}
 
 
 @dataclass(frozen=True)
 class Config:
-    recipe: str = "kdtf"  # training preset: "kdtf" (the original) or "tuned" (the student starts at zero)
+    recipe: str = "kdtf"  # training preset, a name in RECIPES: "kdtf" (the original) or "tuned"
     temperature: float = 5.0  # softmax temperature T: the teacher trains at T, soft targets use T (kdtf: 2 or 5)
     teacher_temperature: float | None = None  # T the teacher trained at; empty: the distillation's T (kdtf)
     num_steps: int = 5000  # optimiser steps of batch_size examples (kdtf: 5000)
@@ -43,7 +59,7 @@ class Config:
     data_dir: str = ""  # a directory or file holding the dataset; empty: cache, then download
     teacher: str = ""  # teacher model URI (models:/...); empty: reuse or train a matching teacher
     teacher_signal: str = "cached"  # "cached": stored teacher logits; "online": run the teacher per batch (kdtf)
-    alpha: float | None = None  # None: kdtf loss CE + T^2*CE_soft; else alpha*T^2*KL + (1-alpha)*CE
+    hard_label_weight: float | None = None  # empty: kdtf's CE + T^2*CE_soft; w: w*CE + (1-w)*T^2*KL
 
     def __post_init__(self):
         if self.teacher_temperature == self.temperature:
@@ -66,8 +82,15 @@ class Config:
             raise ValueError(
                 f"teacher_signal must be one of {', '.join(TEACHER_SIGNALS)}, got {self.teacher_signal!r}"
             )
-        if self.alpha is not None and not 0.0 <= self.alpha <= 1.0:
-            raise ValueError(f"alpha must be empty (kdtf loss) or between 0 and 1, got {self.alpha}")
+        if self.hard_label_weight is not None and not 0.0 <= self.hard_label_weight <= 1.0:
+            raise ValueError(
+                f"hard_label_weight must be empty (kdtf loss) or between 0 and 1, got {self.hard_label_weight}"
+            )
+
+    @property
+    def loss(self) -> str:
+        """The distillation loss by name, a key of losses.DISTILLATION_LOSSES."""
+        return "kdtf" if self.hard_label_weight is None else "weighted"
 
     def setup(self) -> str:
         """What every kind of run shares; results are compared in one table only within a setup."""
@@ -83,98 +106,63 @@ class Config:
 
     def params(self, kind: str) -> dict[str, str]:
         """The parameters a run of this kind logs, as canonical strings (lookups compare them)."""
-        values = {name: getattr(self, name) for name in KIND_PARAMETERS[kind]}
-        return {name: "" if value is None else str(value) for name, value in values.items()}
+        return {name: to_text(getattr(self, name)) for name in KIND_PARAMETERS[kind]}
 
 
 DEFAULTS = Config()
 
 
+def to_text(value) -> str:
+    """A typed value as parameter text: empty for None, comma-separated for a tuple."""
+    if value is None:
+        return ""
+    if isinstance(value, tuple):
+        return ",".join(map(to_text, value))
+    return str(value)
+
+
 def _convert(name: str, text: str, value_type):
-    """Turn one command-line string into ``value_type``, naming the parameter when it cannot."""
+    """Turn one string into ``value_type``, naming the parameter when it cannot."""
     try:
         return value_type(text)
     except ValueError:
         raise ValueError(f"{name} must be a {value_type.__name__}, got {text!r}") from None
 
 
-def _parse_value(name: str, text: str):
-    default = getattr(DEFAULTS, name)
-    if default is None:  # alpha and teacher_temperature: empty means "as kdtf".
+def parse_value(name: str, text: str, default):
+    """Parameter text as a value of the default's type (``to_text`` read back)."""
+    if default is None:  # hard_label_weight and teacher_temperature: empty means "as kdtf".
         return None if text.strip() == "" else _convert(name, text, float)
+    if isinstance(default, bool):
+        if text.lower() not in ("true", "false"):
+            raise ValueError(f"{name} must be true or false, got {text!r}")
+        return text.lower() == "true"
+    if isinstance(default, tuple):
+        return tuple(_convert(name, item.strip(), type(default[0])) for item in text.split(",") if item.strip())
     return _convert(name, text, type(default))
 
 
-def parse_args(kind: str, argv: list[str]) -> dict[str, str]:
-    """Read ``--name value`` options for a kind of run; values stay strings until ``make_config``."""
-    parser = argparse.ArgumentParser(prog=kind, description=f"Train a kdflow {kind}.")
-    for name in KIND_PARAMETERS[kind]:
-        default = getattr(DEFAULTS, name)
-        parser.add_argument(f"--{name}", default="" if default is None else str(default))
-    return vars(parser.parse_args(argv))
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises ValueError, so a bad command line is reported like a bad value."""
+
+    def error(self, message):
+        raise ValueError(message)
 
 
-def make_config(values: dict[str, str]) -> Config:
-    """Build a validated Config from parameter strings; raises ValueError naming a bad parameter."""
-    known = {item.name for item in dataclasses.fields(Config)}
-    unknown = set(values) - known
-    if unknown:
-        raise ValueError(f"unknown parameters: {', '.join(sorted(unknown))}")
-    return Config(**{name: _parse_value(name, text) for name, text in values.items()})
-
-
-@dataclass(frozen=True)
-class SweepConfig:
-    temperatures: tuple[float, ...] = (2.0, 5.0)  # one teacher and one distillation per T (kdtf: 2, 5)
-    seeds: tuple[int, ...] = (12, 13, 14)  # every trial is repeated per seed; the table shows the spread
-    kinds: tuple[str, ...] = KINDS  # which kinds of trial to run: teacher, student, distill
-    address: str = ""  # Ray cluster: empty starts a local one; "auto" or "host:port" joins one
-    cpus_per_trial: float = 1.0  # CPUs Ray reserves per trial; TensorFlow uses as many threads
-    gpus_per_trial: float = 0.0  # GPUs per trial; fractions share a card (memory growth is on)
-    resume: bool = False  # continue the newest interrupted sweep with these parameters
-
-    def __post_init__(self):
-        if not self.temperatures or not all(math.isfinite(t) and t > 0 for t in self.temperatures):
-            raise ValueError(f"temperatures must be finite numbers > 0, got {self.temperatures}")
-        if not self.seeds:
-            raise ValueError("seeds must name at least one seed")
-        unknown = set(self.kinds) - set(KINDS)
-        if not self.kinds or unknown:
-            raise ValueError(f"kinds must be some of {', '.join(KINDS)}, got {', '.join(self.kinds) or 'none'}")
-        if not self.cpus_per_trial > 0:
-            raise ValueError(f"cpus_per_trial must be > 0, got {self.cpus_per_trial}")
-        if not self.gpus_per_trial >= 0:
-            raise ValueError(f"gpus_per_trial must be >= 0, got {self.gpus_per_trial}")
-
-
-SWEEP_DEFAULTS = SweepConfig()
-
-
-def _parse_list(name: str, text: str, item_type):
-    return tuple(_convert(name, item.strip(), item_type) for item in text.split(",") if item.strip())
-
-
-def parse_sweep_args(argv: list[str]) -> tuple[SweepConfig, dict[str, str]]:
-    """The sweep's own options and, as strings, the recipe options every trial shares."""
-    parser = argparse.ArgumentParser(prog="sweep", description="Sweep kdflow trials over a Ray cluster.")
-    for item in dataclasses.fields(SweepConfig):
-        default = getattr(SWEEP_DEFAULTS, item.name)
-        parser.add_argument(f"--{item.name}", default=",".join(map(str, default)) if isinstance(default, tuple) else str(default))
-    for name in SWEEP_RECIPE_PARAMETERS:
-        default = getattr(DEFAULTS, name)
-        parser.add_argument(f"--{name}", default="" if default is None else str(default))
+def parse_options(prog: str, argv: list[str], defaults: dict) -> dict:
+    """Read ``--name value`` options for the named defaults and return typed values."""
+    parser = _Parser(prog=prog, description=f"kdflow {prog}")
+    for name, default in defaults.items():
+        parser.add_argument(f"--{name}", default=to_text(default))
+    for name in RENAMED:
+        parser.add_argument(f"--{name}", default=None, help=argparse.SUPPRESS)
     arguments = vars(parser.parse_args(argv))
-    if arguments["resume"].lower() not in ("true", "false"):
-        raise ValueError(f"resume must be true or false, got {arguments['resume']!r}")
-    sweep = SweepConfig(
-        temperatures=_parse_list("temperatures", arguments.pop("temperatures"), float),
-        seeds=_parse_list("seeds", arguments.pop("seeds"), int),
-        kinds=_parse_list("kinds", arguments.pop("kinds"), str),
-        address=arguments.pop("address"),
-        cpus_per_trial=_convert("cpus_per_trial", arguments.pop("cpus_per_trial"), float),
-        gpus_per_trial=_convert("gpus_per_trial", arguments.pop("gpus_per_trial"), float),
-        resume=arguments.pop("resume").lower() == "true",
-    )
-    make_config(arguments)  # Check the shared recipe now, before any cluster is started.
-    return sweep, arguments
+    for name, message in RENAMED.items():
+        if arguments.pop(name) is not None:
+            raise ValueError(message)
+    return {name: parse_value(name, arguments[name], default) for name, default in defaults.items()}
 
+
+def parse_args(kind: str, argv: list[str]) -> Config:
+    """The validated Config of a kind of run from its command line; ValueError names a bad parameter."""
+    return Config(**parse_options(kind, argv, {name: getattr(DEFAULTS, name) for name in KIND_PARAMETERS[kind]}))

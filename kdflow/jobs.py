@@ -1,117 +1,33 @@
-"""The jobs behind the entry points: train a teacher, a student or a distilled student; report.
+"""The training jobs: a teacher, a student, or a distilled student, each inside the active MLflow run.
 
-Each job runs inside one tracked MLflow run and logs, in order: parameters, the dataset, a metric
-line per evaluation, the final scores, the registered model, and the regenerated results table.
-TensorFlow is imported only once the parameters are known to be good, so bad input fails fast.
+Each job logs, in order: the dataset, a metric line per evaluation, the final scores and the
+registered model (and, for a teacher, its logits on the training split). Naming the run, its
+parameters and the results table are the ``runs`` module's, above this one. TensorFlow is imported
+inside the jobs, once the parameters are known to be good, so bad input fails fast.
 """
 
-import signal
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import mlflow
 import numpy as np
-import pandas as pd
-from mlflow.exceptions import MlflowException
+from mlflow.exceptions import ExecutionException, MlflowException
 
-from kdflow import config as configuration
-from kdflow import registry, results, tracking
+from kdflow import data, registry, tracking
+from kdflow.config import KIND_PARAMETERS, RECIPES, Config
 
 TEACHER_LOGITS_ARTIFACT = "teacher_logits.npy"
 
 
-class PartlyFailed(Exception):
-    """Part of the work failed for good (sweep trials, unreadable files); the rest was done and logged."""
-
-
-def main(kind: str, argv: list[str]) -> int:
-    """Entry-point body: parse, run the job in a tracked run, print the table; exit status out."""
-    values = configuration.parse_args(kind, argv)
-    return exit_status(kind, lambda: run_job(kind, values))
-
-
-def exit_status(name: str, body) -> int:
-    """Run an entry point's body and turn its outcome into a message and an exit status."""
-    # `kill` and Ray stop workers with SIGTERM; treat it like Ctrl-C so the run ends KILLED.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
-    try:
-        body()
-    except ValueError as error:
-        print(f"kdflow {name}: error: {error}", file=sys.stderr)
-        return 2
-    except PartlyFailed as error:
-        print(f"kdflow {name}: {error}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"kdflow {name}: interrupted; the run is marked KILLED", file=sys.stderr)
-        return 130
-    return 0
-
-
-def run_job(kind: str, values: dict[str, str], parent_run_id=None, experiment_id=None, tags=None):
-    """Run one job from its parameter strings in a tracked run; return the finished run."""
-    with tracking.tracked_run(kind, parent_run_id, experiment_id, tags) as run:
-        config = configuration.make_config(values)
-        tracking.describe_run(kind, config)
-        JOBS[kind](config)
-        print(_log_results())
-    return mlflow.get_run(run.info.run_id)
-
-
-def sweep_main(argv: list[str]) -> int:
-    """The sweep entry point: trials over a Ray cluster under one parent run; non-zero if any failed."""
-    return exit_status("sweep", lambda: _sweep(*configuration.parse_sweep_args(argv)))
-
-
-def _sweep(sweep, recipe: dict[str, str]) -> None:
-    from kdflow import sweeps
-
-    with tracking.tracked_run("sweep"):
-        tracking.describe_sweep(sweep, recipe)
-        rows = sweeps.run_sweep(sweep, recipe)
-        trials = pd.DataFrame(rows)
-        mlflow.log_text(trials.to_csv(index=False), "trials.csv")
-        print(trials.to_string(index=False))
-        print(_log_results())
-        failed = sorted(row["trial"] for row in rows if row["outcome"].startswith("failed"))
-        if failed:
-            raise PartlyFailed(f"{len(failed)} of {len(rows)} trials failed: {', '.join(failed)}; each failed run holds its error")
-
-
-def report_main(argv: list[str]) -> int:
-    """Regenerate the results table of this run's experiment and log it as the run's artifacts."""
-    return exit_status("report", lambda: _report(argv))
-
-
-def _report(argv: list[str]) -> None:
-    # A tracked run like the others, so a failed report also ends FAILED with its error recorded.
-    with tracking.tracked_run("report"):
-        tracking.name_run("report", "The results table, regenerated from the experiment's finished runs.")
-        if argv:
-            raise ValueError(f"report takes no parameters, got {' '.join(argv)}")
-        print(_log_results())
-
-
-def _log_results() -> str:
-    run = mlflow.active_run()
-    with tempfile.TemporaryDirectory() as folder:
-        table = results.regenerate(run.info.experiment_id, Path(folder), include_run_id=run.info.run_id)
-        mlflow.log_artifacts(folder)
-    return table
-
-
-def _prepare(kind, config):
+def _prepare(kind: str, config: Config):
     """Load and log the data."""
-    from kdflow import data
-
     splits = data.load_dataset(config.dataset, config.data_dir)
     tracking.log_dataset(kind, config, splits)
     return splits
 
 
-def _finish(kind, model, result, splits):
+def _finish(kind: str, model, result, splits) -> None:
     """Log the scores and the model; a student may become the champion."""
     mlflow.log_metrics(
         {
@@ -132,7 +48,7 @@ def _finish(kind, model, result, splits):
     print(f"{kind}: test_accuracy {result.test_accuracy:.4f} (best validation step {result.best_step})")
 
 
-def _train_on_hard_labels(kind, config, build_model, temperature):
+def _train_on_hard_labels(kind: str, config: Config, build_model, temperature: float):
     """Train a fresh network on the labels alone at ``temperature``; return it and the data."""
     from kdflow import losses, training
 
@@ -149,7 +65,7 @@ def _train_on_hard_labels(kind, config, build_model, temperature):
     return model, splits
 
 
-def train_teacher(config):
+def train_teacher(config: Config) -> None:
     """The CNN trained at temperature T on hard labels, as kdtf did; stores its training logits."""
     from kdflow import models, training
 
@@ -163,21 +79,61 @@ def train_teacher(config):
         mlflow.log_artifact(str(path))
 
 
-def train_student(config):
-    """Softmax regression on hard labels alone, at T = 1: kdtf's "student only" row."""
+def _build_student(config: Config):
     from kdflow import models
 
-    _train_on_hard_labels("student", config, lambda: models.build_student(config.recipe), 1.0)
+    return models.build_student(RECIPES[config.recipe].student_initializer)
 
 
-def matching_teacher(config, data_digest: str) -> tuple[str, str]:
-    """(run id, model URI) of the newest matching teacher in the experiment, trained if there is none."""
+def train_student(config: Config) -> None:
+    """Softmax regression on hard labels alone, at T = 1: kdtf's "student only" row."""
+    _train_on_hard_labels("student", config, lambda: _build_student(config), 1.0)
+
+
+def _train_teacher_run(teacher_config: Config):
+    """Train a teacher as a run of its own through the project's ``teacher`` entry point.
+
+    This is MLflow's multistep-workflow pattern: the step is an ``mlflow run`` of the same project,
+    so it is tracked, named and reusable like a teacher started by hand, and a child of this run.
+    """
+    parent = mlflow.active_run().info
+    try:
+        submitted = mlflow.projects.run(
+            str(tracking.PROJECT_ROOT),
+            entry_point="teacher",
+            parameters=teacher_config.params("teacher"),
+            experiment_id=parent.experiment_id,
+            env_manager="local",
+            synchronous=True,
+        )
+    except ExecutionException:
+        # The teacher run recorded why it failed; say so here, where the user is looking.
+        (failed,) = mlflow.search_runs(
+            experiment_ids=[parent.experiment_id],
+            filter_string=f"tags.`mlflow.parentRunId` = '{parent.run_id}'",
+            order_by=["attributes.start_time DESC"], max_results=1, output_format="list",
+        )
+        error = failed.data.tags.get(tracking.ERROR_TAG, "no error recorded")
+        where = f"(in the teacher run {failed.info.run_id} this distillation started)"
+        if error.startswith("ValueError: "):  # A bad parameter the two runs share, such as data_dir.
+            raise ValueError(f"{error.removeprefix('ValueError: ')} {where}") from None
+        raise RuntimeError(f"{error} {where}") from None
+    return mlflow.get_run(submitted.run_id)
+
+
+def choose_teacher(config: Config) -> tuple[str, str]:
+    """(run id, model URI) of the distillation's teacher: the one named, else the newest matching
+    teacher run of the experiment, else one trained now. Runs before any data is read, so a
+    teacher URI that does not resolve fails fast."""
+    if config.teacher:
+        return registry.resolve(config.teacher, "teacher").run_id, config.teacher
     experiment_id = mlflow.active_run().info.experiment_id
     teacher_config = config.teacher_config()
-    teacher_run = tracking.find_finished_run("teacher", teacher_config, data_digest, experiment_id)
+    # Any source of the dataset must match its pinned digest, so the digest is known before loading.
+    teacher_run = tracking.find_finished_run("teacher", teacher_config, data.DATASET_DIGESTS[config.dataset], experiment_id)
     if teacher_run is None:
         print("no matching teacher run in this experiment; training one", flush=True)
-        teacher_run = tracking.train_teacher_run(teacher_config)  # Raises if that run fails.
+        teacher_run = _train_teacher_run(teacher_config)  # Raises if that run fails.
     else:
         print(f"reusing teacher run {teacher_run.info.run_id}", flush=True)
     return teacher_run.info.run_id, teacher_run.data.tags[tracking.MODEL_URI_TAG]
@@ -200,23 +156,20 @@ def cached_teacher_logits(teacher_run_id: str, data_digest: str) -> np.ndarray:
     return np.load(path)
 
 
-def distill(config):
+def distill(config: Config) -> None:
     """The student trained on hard labels and the teacher's soft targets at temperature T."""
-    if config.teacher:
-        # A teacher URI that does not resolve fails here, before any data is read.
-        teacher_run_id, teacher_model_uri = registry.resolve(config.teacher, "teacher").run_id, config.teacher
-    from kdflow import losses, models, training
+    teacher_run_id, teacher_model_uri = choose_teacher(config)
+    mlflow.set_tags({tracking.TEACHER_RUN_TAG: teacher_run_id, tracking.TEACHER_MODEL_TAG: teacher_model_uri})
+    from kdflow import losses, training
 
     splits = _prepare("distill", config)
-    if not config.teacher:
-        teacher_run_id, teacher_model_uri = matching_teacher(config, splits.digest)
-    tracking.record_teacher(teacher_run_id, teacher_model_uri)
     training.make_deterministic(config.seed)
-    student = models.build_student(config.recipe)
+    student = _build_student(config)
+    distillation_loss = losses.DISTILLATION_LOSSES[config.loss]
 
     def objective(images, labels, teacher_logits):
         student_logits = student(images, training=True)
-        return losses.distillation_loss(labels, student_logits, teacher_logits, config.temperature, config.alpha)
+        return distillation_loss(labels, student_logits, teacher_logits, config.temperature, config.hard_label_weight)
 
     if config.teacher_signal == "cached":
         teacher_logits = cached_teacher_logits(teacher_run_id, splits.digest)
@@ -236,3 +189,4 @@ def distill(config):
 
 
 JOBS = {"teacher": train_teacher, "student": train_student, "distill": distill}
+assert JOBS.keys() == KIND_PARAMETERS.keys()

@@ -1,4 +1,4 @@
-"""The losses of kdtf, and the weighted form used by Keras and torchdistill.
+"""The losses of kdtf, and the weighted form of Keras' Distiller and torchdistill's KDLoss.
 
 ``labels`` are integer class ids; every ``*_logits`` tensor is (batch, 10) and unscaled. Soft
 targets are ``softmax(teacher_logits / T)``. Hinton et al. note that soft-target gradients scale
@@ -19,22 +19,33 @@ def soft_targets(teacher_logits, temperature):
     return tf.nn.softmax(teacher_logits / temperature)
 
 
-def distillation_loss(labels, student_logits, teacher_logits, temperature, alpha=None):
-    """kdtf's loss when alpha is None, else alpha * T^2 * KL + (1 - alpha) * CE.
+def kdtf_loss(labels, student_logits, teacher_logits, temperature, hard_label_weight=None):
+    """kdtf's loss: CE(hard labels, student_logits) + T^2 * CE(soft targets, student_logits / T).
 
-    kdtf: CE(hard labels, student_logits) + T^2 * CE(soft targets, student_logits / T).
-    KL and the soft cross-entropy differ only by the teacher's entropy, a constant for the
+    It has no weight: both terms count fully, so ``hard_label_weight`` must be None.
+    """
+    assert hard_label_weight is None, "the kdtf loss takes no hard_label_weight"
+    soft = tf.reduce_mean(
+        tf.nn.softmax_cross_entropy_with_logits(
+            labels=soft_targets(teacher_logits, temperature), logits=student_logits / temperature
+        )
+    )
+    return hard_loss(labels, student_logits) + temperature**2 * soft
+
+
+def weighted_loss(labels, student_logits, teacher_logits, temperature, hard_label_weight):
+    """w * CE(hard labels) + (1 - w) * T^2 * KL(soft targets || softmax(student_logits / T)).
+
+    ``w`` is Keras' ``Distiller(student_loss_weight=w)`` and torchdistill's ``KDLoss(alpha=w)``.
+    KL and kdtf's soft cross-entropy differ only by the teacher's entropy, a constant for the
     student, so both forms push the student the same way; they differ in the hard/soft balance.
     """
     targets = soft_targets(teacher_logits, temperature)
-    hard = hard_loss(labels, student_logits)
-    scaled_student_logits = student_logits / temperature
-    if alpha is None:
-        soft = tf.reduce_mean(
-            tf.nn.softmax_cross_entropy_with_logits(labels=targets, logits=scaled_student_logits)
-        )
-        return hard + temperature**2 * soft
-    log_student = tf.nn.log_softmax(scaled_student_logits)
+    log_student = tf.nn.log_softmax(student_logits / temperature)
     log_targets = tf.math.log(tf.maximum(targets, 1e-30))
     kl = tf.reduce_mean(tf.reduce_sum(targets * (log_targets - log_student), axis=-1))
-    return alpha * temperature**2 * kl + (1.0 - alpha) * hard
+    return hard_label_weight * hard_loss(labels, student_logits) + (1.0 - hard_label_weight) * temperature**2 * kl
+
+
+# The distillation losses by name (config.Config.loss), each called as above.
+DISTILLATION_LOSSES = {"kdtf": kdtf_loss, "weighted": weighted_loss}

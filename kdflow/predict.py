@@ -1,4 +1,4 @@
-"""Classify image files with a kdflow model: the ``predict`` entry point and ``kdflow-predict``.
+"""Image files to MNIST digits, and a kdflow model's answers for them (``cli`` reads the command line).
 
 A picture becomes an MNIST digit the way MNIST's were made: grey, white digit on black, the ink's
 bounding box scaled to fit 20x20 pixels (aspect ratio kept) and placed in a 28x28 frame with its
@@ -7,21 +7,17 @@ greyed (and inverted if it is dark on light), so MNIST's own images come back un
 A ``.npy`` file holds one image (28, 28) or (784,), or several (N, 28, 28) or (N, 784).
 
 A file that cannot be read is reported with its error and the other files are still answered;
-the exit status is then 1. Under ``mlflow run`` the answers are also the run's ``predictions.json``.
+the exit status is then 1.
 """
 
-import argparse
-import contextlib
-import json
-import os
-import sys
 from pathlib import Path
 
+import mlflow.pyfunc
 import numpy as np
 from mlflow.exceptions import MlflowException
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from kdflow import jobs, registry, tracking
+from kdflow import registry
 
 DEFAULT_MODEL_URI = f"models:/{registry.REGISTERED_NAMES['distill']}@{registry.CHAMPION}"
 # What a directory given as input is searched for.
@@ -99,6 +95,12 @@ def expand(paths: list[str]) -> list[Path]:
     return files
 
 
+def load_model(model_uri: str):
+    """The pyfunc model behind a URI; a ValueError naming ``model_uri`` when it does not resolve."""
+    registry.resolve(model_uri, "model_uri")
+    return mlflow.pyfunc.load_model(model_uri)
+
+
 def predict_files(model, files: list[Path]) -> list[dict]:
     """One answer per image (a .npy file may hold several), or one error per unreadable file."""
     answers, batches = [], []
@@ -118,41 +120,3 @@ def predict_files(model, files: list[Path]) -> list[dict]:
         for answer, digit, probabilities in zip(answered, predictions["digit"], predictions["probabilities"]):
             answer.update(digit=int(digit), probability=float(probabilities[digit]))
     return answers
-
-
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="kdflow-predict", description="Classify digit images with a kdflow model.")
-    parser.add_argument("images", nargs="+", help="PNG or JPEG files, .npy arrays, or directories of them")
-    parser.add_argument("--model_uri", default=DEFAULT_MODEL_URI, help="the model to use (default: %(default)s)")
-    # Under `mlflow run` the answers are also kept as the run's predictions.json, for machines.
-    parser.add_argument("--json", action="store_true", help="print one JSON object per answer")
-    return parser.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> int:
-    arguments = parse_args(sys.argv[1:] if argv is None else argv)
-    return jobs.exit_status("predict", lambda: _predict(arguments))
-
-
-def _predict(arguments: argparse.Namespace) -> None:
-    import mlflow
-
-    # Started by `mlflow run`, which opened a run for it: record the answers in that run.
-    started_by_mlflow_run = "MLFLOW_RUN_ID" in os.environ
-    with tracking.tracked_run("predict") if started_by_mlflow_run else contextlib.nullcontext():
-        files = expand(arguments.images)
-        registry.resolve(arguments.model_uri, "model_uri")
-        answers = predict_files(mlflow.pyfunc.load_model(arguments.model_uri), files)
-        for answer in answers:
-            if arguments.json:
-                print(json.dumps(answer))
-            elif "error" in answer:
-                print(f"{answer['file']}: error: {answer['error']}")
-            else:
-                print(f"{answer['file']}: {answer['digit']} (probability {answer['probability']:.3f})")
-        if started_by_mlflow_run:
-            tracking.name_run("predict", f"Answers of `{arguments.model_uri}` for {len(files)} files: predictions.json.")
-            mlflow.log_dict(answers, "predictions.json")
-        failed = [answer["file"] for answer in answers if "error" in answer]
-        if failed:
-            raise jobs.PartlyFailed(f"{len(failed)} of {len(answers)} files could not be read: {', '.join(failed)}")

@@ -1,7 +1,7 @@
 """The kdtf README results table, regenerated from the tracked runs of an MLflow experiment.
 
 Runs are tagged with their kind (teacher, student, distill), recipe preset, setup (dataset, steps,
-batch, learning rate) and canonical parameters (temperature, seed, alpha, teacher temperature),
+batch, learning rate) and canonical parameters (temperature, seed, hard-label weight, teacher temperature),
 and log their test accuracy. The finished runs are grouped by setup and recipe, so that different
 recipes are never averaged together, into one table each (a setup's teachers, the same in every
 recipe, appear in each of its tables): rows Teacher / Distillation / Student only, one column per
@@ -42,7 +42,7 @@ class RunRecord:
     kind: str
     temperature: float
     seed: str
-    alpha: str
+    hard_label_weight: str
     teacher_temperature: str
     accuracy: float
 
@@ -98,19 +98,19 @@ def collect_runs(experiment_id: str, include_run_id: str | None = None, client=N
         records.append(RunRecord(
             run_id=run.info.run_id, recipe=tags.get(RECIPE_TAG, ""), setup=tags.get(SETUP_TAG, ""), kind=kind,
             temperature=float(params.get("temperature", "1.0")), seed=params.get("seed", ""),
-            alpha=params.get("alpha", "").strip(), teacher_temperature=params.get("teacher_temperature", "").strip(),
-            accuracy=float(metrics["test_accuracy"]),
+            hard_label_weight=params.get("hard_label_weight", "").strip(),
+            teacher_temperature=params.get("teacher_temperature", "").strip(), accuracy=float(metrics["test_accuracy"]),
         ))
     return records
 
 
 def _row_of(record: RunRecord) -> tuple[tuple, str]:
     """The row a run belongs to, with a key that orders rows as kdtf does, variants after."""
-    if record.kind == "distill" and (record.alpha or record.teacher_temperature):
-        variants = [f"alpha={float(record.alpha):g}"] if record.alpha else []
+    if record.kind == "distill" and (record.hard_label_weight or record.teacher_temperature):
+        variants = [f"hard_label_weight={float(record.hard_label_weight):g}"] if record.hard_label_weight else []
         if record.teacher_temperature:
             variants.append(f"teacher T={float(record.teacher_temperature):g}")
-        key = (float(record.alpha or -1), float(record.teacher_temperature or -1))
+        key = (float(record.hard_label_weight or -1), float(record.teacher_temperature or -1))
         return (2, *key), f"{DISTILLATION} ({', '.join(variants)})"
     return {"teacher": ((0, 0.0, 0.0), TEACHER), "distill": ((1, 0.0, 0.0), DISTILLATION),
             "student": ((3, 0.0, 0.0), STUDENT)}[record.kind]
@@ -134,9 +134,9 @@ def build_tables(records: list[RunRecord]) -> list[Table]:
         in_recipe = [r for r in records if r.setup == setup and (r.kind == "teacher" or r.recipe == recipe)]
         # A distillation whose teacher trained at its own T is also the fixed-teacher curve's point
         # at that T (its teacher_temperature was normalised to empty, so it is the kdtf run).
-        fixed_teachers = {(r.alpha, float(r.teacher_temperature)) for r in in_recipe if r.teacher_temperature}
+        fixed_teachers = {(r.hard_label_weight, float(r.teacher_temperature)) for r in in_recipe if r.teacher_temperature}
         in_recipe += [replace(r, teacher_temperature=str(r.temperature)) for r in in_recipe
-                      if r.kind == "distill" and not r.teacher_temperature and (r.alpha, r.temperature) in fixed_teachers]
+                      if r.kind == "distill" and not r.teacher_temperature and (r.hard_label_weight, r.temperature) in fixed_teachers]
         rows = dict(sorted({_row_of(record) for record in in_recipe}))
         temperatures = sorted({r.temperature for r in in_recipe if r.kind != "student"}) or [1.0]
         cells = []

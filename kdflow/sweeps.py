@@ -6,50 +6,135 @@ which finds the teacher of its temperature and seed by the same lookup a single 
 uses. Every trial is a child MLflow run logging exactly what a standalone run of its kind logs.
 A trial that matches a FINISHED run of the experiment (same kind, parameters, code and data) is
 not trained again; that run is listed in the sweep's trial table instead.
+
+Trials are typed from end to end: the plan is a list of ``Trial(kind, Config)``, Ray Tune's
+parameter space carries them as they are, and each trial's outcome is an ``Outcome``.
 """
 
+import dataclasses
+import enum
+import json
+import math
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import mlflow
+import pandas as pd
 
-from kdflow import config as configuration
-from kdflow import data, jobs, tracking
+from kdflow import runs, tracking
+from kdflow.config import DEFAULTS, KIND_PARAMETERS, KINDS, Config, parse_options, to_text
+from kdflow.data import DATASET_DIGESTS
 
 TRIAL_TAG = "kdflow.trial_id"
 NODE_TAG = "kdflow.ray_node_id"
 WORKER_PID_TAG = "kdflow.worker_pid"
 RESUMED_TAG = "kdflow.resumed_sweep"
 MAX_FAILURES = 2  # Ray Tune retries a trial whose worker died this many times.
+# A sweep takes the recipe of the core kinds (not one temperature, seed or teacher: it spans them).
+RECIPE_PARAMETERS = tuple(name for name in KIND_PARAMETERS["distill"] if name not in ("temperature", "seed", "teacher"))
 
 
-def trial_values(kind: str, temperature: float, seed: int, recipe: dict[str, str]) -> dict[str, str]:
-    """The parameter strings of one trial: the shared recipe plus its temperature and seed."""
-    values = dict(recipe, temperature=str(temperature), seed=str(seed), teacher="")
-    return {name: values[name] for name in configuration.KIND_PARAMETERS[kind]}
+@dataclass(frozen=True)
+class SweepConfig:
+    temperatures: tuple[float, ...] = (2.0, 5.0)  # one teacher and one distillation per T (kdtf: 2, 5)
+    seeds: tuple[int, ...] = (12, 13, 14)  # every trial is repeated per seed; the table shows the spread
+    kinds: tuple[str, ...] = KINDS  # which kinds of trial to run: teacher, student, distill
+    address: str = ""  # Ray cluster: empty starts a local one; "auto" or "host:port" joins one
+    cpus_per_trial: float = 1.0  # CPUs Ray reserves per trial; TensorFlow uses as many threads
+    gpus_per_trial: float = 0.0  # GPUs per trial; fractions share a card (memory growth is on)
+    resume: bool = False  # continue the newest interrupted sweep with these parameters
+
+    def __post_init__(self):
+        if not self.temperatures or not all(math.isfinite(t) and t > 0 for t in self.temperatures):
+            raise ValueError(f"temperatures must be finite numbers > 0, got {self.temperatures}")
+        if not self.seeds:
+            raise ValueError("seeds must name at least one seed")
+        unknown = set(self.kinds) - set(KINDS)
+        if not self.kinds or unknown:
+            raise ValueError(f"kinds must be some of {', '.join(KINDS)}, got {', '.join(self.kinds) or 'none'}")
+        if not self.cpus_per_trial > 0:
+            raise ValueError(f"cpus_per_trial must be > 0, got {self.cpus_per_trial}")
+        if not self.gpus_per_trial >= 0:
+            raise ValueError(f"gpus_per_trial must be >= 0, got {self.gpus_per_trial}")
 
 
-def teacher_temperatures(sweep, recipe: dict[str, str]) -> list[float]:
+SWEEP_DEFAULTS = SweepConfig()
+
+
+def parse_args(argv: list[str]) -> tuple[SweepConfig, dict]:
+    """The sweep's own options and the typed recipe options every trial shares."""
+    recipe_defaults = {name: getattr(DEFAULTS, name) for name in RECIPE_PARAMETERS}
+    values = parse_options("sweep", argv, vars(SWEEP_DEFAULTS) | recipe_defaults)
+    sweep = SweepConfig(**{item.name: values.pop(item.name) for item in dataclasses.fields(SweepConfig)})
+    Config(**values)  # Check the shared recipe now, before any cluster is started.
+    return sweep, values
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One run the sweep plans: its kind and its whole configuration."""
+    kind: str
+    config: Config
+
+    @property
+    def name(self) -> str:
+        return runs.run_name(self.kind, self.config)
+
+
+class Outcome(enum.Enum):
+    TRAINED = "trained"
+    REUSED = "reused"  # A FINISHED run of the experiment trained exactly this already.
+    FAILED = "failed"  # Failed for good: Ray Tune's retries are spent; the failed runs hold the error.
+
+
+@dataclass(frozen=True)
+class TrialResult:
+    trial: Trial
+    outcome: Outcome
+    run_id: str = ""
+    metrics: dict = field(default_factory=dict)
+    error: str = ""
+
+    def row(self) -> dict:
+        """The trial's line in the sweep's trials.csv."""
+        params = self.trial.config.params(self.trial.kind)
+        return {
+            "trial": self.trial.name, "kind": self.trial.kind,
+            "temperature": params.get("temperature", ""), "seed": params["seed"], "outcome": self.outcome.value,
+            "run_id": self.run_id, "test_accuracy": self.metrics.get("test_accuracy", ""),
+            "best_validation_accuracy": self.metrics.get("best_validation_accuracy", ""), "error": self.error,
+        }
+
+
+def trial_config(recipe: dict, temperature: float, seed: int) -> Config:
+    """One trial's configuration: the sweep's recipe at one temperature and seed."""
+    return dataclasses.replace(DEFAULTS, **recipe, temperature=temperature, seed=seed)
+
+
+def teacher_temperatures(sweep: SweepConfig, recipe: dict) -> list[float]:
     """The temperatures the sweep's distillations take their teachers from, in sweep order.
 
     kdtf trains a teacher per temperature; with teacher_temperature set, all learn from one.
     The rule is the distillation's own (``Config.teacher_config``), so sweep and run agree.
     """
-    configs = [configuration.make_config(trial_values("distill", t, sweep.seeds[0], recipe)) for t in sweep.temperatures]
+    configs = [trial_config(recipe, t, sweep.seeds[0]) for t in sweep.temperatures]
     return list(dict.fromkeys(config.teacher_config().temperature for config in configs))
 
 
-def plan(sweep, recipe: dict[str, str]) -> list[list[tuple[str, dict[str, str]]]]:
+def plan(sweep: SweepConfig, recipe: dict) -> list[list[Trial]]:
     """The trials in phases: teachers first, since distillation needs them; then the rest."""
     teachers = [
-        ("teacher", trial_values("teacher", temperature, seed, recipe))
+        Trial("teacher", trial_config(recipe, temperature, seed))
         for temperature in teacher_temperatures(sweep, recipe)
         for seed in sweep.seeds
         if {"teacher", "distill"} & set(sweep.kinds)
     ]
-    students = [("student", trial_values("student", 1.0, seed, recipe)) for seed in sweep.seeds if "student" in sweep.kinds]
+    students = [
+        Trial("student", trial_config(recipe, DEFAULTS.temperature, seed)) for seed in sweep.seeds if "student" in sweep.kinds
+    ]
     distills = [
-        ("distill", trial_values("distill", temperature, seed, recipe))
+        Trial("distill", trial_config(recipe, temperature, seed))
         for temperature in sweep.temperatures
         for seed in sweep.seeds
         if "distill" in sweep.kinds
@@ -120,7 +205,7 @@ def end_interrupted_sweep() -> str:
     return interrupted.info.run_id
 
 
-def run_trial(config: dict) -> None:
+def run_trial(space: dict) -> None:
     """The Ray Tune trainable: one kdflow job as a child run of the sweep."""
     import ray
     from ray import tune
@@ -129,25 +214,26 @@ def run_trial(config: dict) -> None:
 
     # The driver's MLFLOW_RUN_ID (set by `mlflow run`) would make every trial resume the parent.
     os.environ.pop("MLFLOW_RUN_ID", None)
-    os.environ["MLFLOW_TRACKING_URI"] = config["tracking_uri"]
-    training.configure_devices(max(1, int(config["cpus_per_trial"])))
+    os.environ["MLFLOW_TRACKING_URI"] = space["tracking_uri"]
+    training.configure_devices(max(1, int(space["cpus_per_trial"])))
     trial_id = tune.get_context().get_trial_id()
     # A retried trial's earlier attempt died with its worker and could not end its own run.
     stale = mlflow.search_runs(
-        experiment_ids=[config["experiment_id"]],
+        experiment_ids=[space["experiment_id"]],
         filter_string=f"tags.`{TRIAL_TAG}` = '{trial_id}' and attributes.status = 'RUNNING'",
         output_format="list",
     )
     _end_orphans(stale, "FAILED", "the worker died; Ray Tune retried the trial")
-    trial = config["trial"]
+    trial = space["trial"]
     # Where the trial ran, so a sweep can be checked to use the whole cluster and a worker be found.
     tags = {TRIAL_TAG: trial_id, NODE_TAG: ray.get_runtime_context().get_node_id(), WORKER_PID_TAG: str(os.getpid())}
-    run = jobs.run_job(trial["kind"], trial["values"], config["parent_run_id"], config["experiment_id"], tags)
-    tune.report({"run_id": run.info.run_id, **run.data.metrics})
+    with runs.tracked_run(trial.kind, space["parent_run_id"], space["experiment_id"], tags) as run:
+        runs.run_job(trial.kind, trial.config)
+    tune.report({"run_id": run.info.run_id, **mlflow.get_run(run.info.run_id).data.metrics})
 
 
-def run_sweep(sweep, recipe: dict[str, str]) -> list[dict]:
-    """Run the sweep inside the active (parent) run; return one row per trial for its table."""
+def run_trials(sweep: SweepConfig, recipe: dict) -> list[TrialResult]:
+    """Run the sweep's trials inside the active (parent) run; return each trial's outcome."""
     import ray
     from ray import tune
 
@@ -158,17 +244,17 @@ def run_sweep(sweep, recipe: dict[str, str]) -> list[dict]:
     ray.init(address=sweep.address or None)
     check_cluster_can_track(tracking_uri, sum(node["Alive"] for node in ray.nodes()))
     trainable = tune.with_resources(run_trial, {"cpu": sweep.cpus_per_trial, "gpu": sweep.gpus_per_trial})
-    rows = []
+    outcomes = []
     for number, phase in enumerate(plan(sweep, recipe), start=1):
         to_train = []
-        for kind, values in phase:
-            config = configuration.make_config(values)
-            digest = data.DATASET_DIGESTS[config.dataset]  # What any source must match.
-            reused = tracking.find_finished_run(kind, config, digest, parent.info.experiment_id)
+        for trial in phase:
+            # Any source of the dataset must match its pinned digest, so it is known before loading.
+            digest = DATASET_DIGESTS[trial.config.dataset]
+            reused = tracking.find_finished_run(trial.kind, trial.config, digest, parent.info.experiment_id)
             if reused is None:
-                to_train.append({"kind": kind, "values": values})
+                to_train.append(trial)
             else:
-                rows.append(_row(kind, values, "reused", reused.info.run_id, reused.data.metrics))
+                outcomes.append(TrialResult(trial, Outcome.REUSED, reused.info.run_id, reused.data.metrics))
         if not to_train:
             continue
         shared = {
@@ -189,21 +275,45 @@ def run_sweep(sweep, recipe: dict[str, str]) -> list[dict]:
         for result in tuner.fit():
             trial = result.config["trial"]
             if result.error is None and "run_id" in result.metrics:
-                rows.append(_row(trial["kind"], trial["values"], "trained", result.metrics["run_id"], result.metrics))
+                outcomes.append(TrialResult(trial, Outcome.TRAINED, result.metrics["run_id"], result.metrics))
             else:
-                reason = result.error or "the trial stopped before it reported"
-                rows.append(_row(trial["kind"], trial["values"], f"failed: {reason}", "", {}))
-    return rows
+                error = str(result.error or "the trial stopped before it reported")
+                outcomes.append(TrialResult(trial, Outcome.FAILED, error=error))
+    return outcomes
 
 
-def _row(kind, values, outcome, run_id, metrics) -> dict:
-    return {
-        "trial": tracking.run_name(kind, configuration.make_config(values)),
-        "kind": kind,
-        "temperature": values.get("temperature", ""),
-        "seed": values["seed"],
-        "outcome": outcome,
-        "run_id": run_id,
-        "test_accuracy": metrics.get("test_accuracy", ""),
-        "best_validation_accuracy": metrics.get("best_validation_accuracy", ""),
-    }
+def describe_sweep(sweep: SweepConfig, recipe: dict) -> None:
+    """Name the sweep run and log its parameters (those ``mlflow run`` has not logged already)."""
+    params = {name: to_text(value) for name, value in (vars(sweep) | recipe).items()}
+    runs.log_params(params)
+    del params["resume"]  # A resumed sweep has the parameters of the sweep it continues.
+    temperatures = ",".join(f"{t:g}" for t in sweep.temperatures)
+    seeds = ",".join(map(str, sweep.seeds))
+    teachers = teacher_temperatures(sweep, recipe)
+    fixed_teacher = f"-teacherT{','.join(f'{t:g}' for t in teachers)}" if teachers != list(sweep.temperatures) else ""
+    runs.name_run(
+        f"sweep-T{temperatures}{fixed_teacher}-seeds{seeds}{runs.recipe_suffix(recipe['recipe'])}",
+        f"Sweep of {', '.join(sweep.kinds)} trials at T={temperatures}, seeds {seeds}, recipe {recipe['recipe']}, "
+        "on Ray Tune. Every trial is a child run; trials.csv says which were trained, reused or failed.",
+    )
+    mlflow.set_tags({tracking.PARAMS_TAG: json.dumps(params, sort_keys=True), tracking.RECIPE_TAG: recipe["recipe"]})
+
+
+def run_sweep(sweep: SweepConfig, recipe: dict) -> list[TrialResult]:
+    """The sweep job: its own tracked run, the trials, trials.csv and the results table.
+
+    Raises ``runs.PartlyFailed``, after logging everything, when some trial failed for good.
+    """
+    with runs.tracked_run("sweep"):
+        describe_sweep(sweep, recipe)
+        outcomes = run_trials(sweep, recipe)
+        trials = pd.DataFrame([outcome.row() for outcome in outcomes])
+        mlflow.log_text(trials.to_csv(index=False), "trials.csv")
+        print(trials.drop(columns="error").to_string(index=False))
+        print(runs.log_results())
+        failed = [outcome.trial.name for outcome in outcomes if outcome.outcome is Outcome.FAILED]
+        if failed:
+            raise runs.PartlyFailed(
+                f"{len(failed)} of {len(outcomes)} trials failed: {', '.join(sorted(failed))}; each failed run holds its error"
+            )
+    return outcomes

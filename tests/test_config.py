@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kdflow import config
+from kdflow import config, runs, sweeps
 
 ROOT = Path(__file__).resolve().parents[1]
 MLPROJECT = yaml.safe_load((ROOT / "MLproject").read_text())
@@ -17,8 +17,7 @@ def test_mlproject_parameters_mirror_config(kind):
     entry_point = MLPROJECT["entry_points"][kind]
     assert list(entry_point["parameters"]) == list(config.KIND_PARAMETERS[kind])
     for name, spec in entry_point["parameters"].items():
-        default = getattr(config.DEFAULTS, name)
-        assert str(spec["default"]) == ("" if default is None else str(default)), name
+        assert str(spec["default"]) == config.to_text(getattr(config.DEFAULTS, name)), name
         # Every parameter reaches the script under its own name.
         assert f"--{name} {{{name}}}" in entry_point["command"]
     assert entry_point["command"].startswith(f"python entrypoints/{kind}.py ")
@@ -28,7 +27,7 @@ def test_defaults_are_the_kdtf_recipe():
     assert config.DEFAULTS.params("distill") == {
         "recipe": "kdtf", "teacher_temperature": "", "temperature": "5.0", "num_steps": "5000", "batch_size": "128", "learning_rate": "0.001",
         "eval_every": "100", "seed": "12", "dataset": "mnist", "data_dir": "", "teacher": "",
-        "teacher_signal": "cached", "alpha": "",
+        "teacher_signal": "cached", "hard_label_weight": "",
     }
 
 
@@ -37,26 +36,44 @@ def test_defaults_are_the_kdtf_recipe():
     [
         ("temperature", "-1"), ("temperature", "0"), ("temperature", "nan"), ("temperature", "inf"),
         ("num_steps", "0"), ("batch_size", "-3"), ("eval_every", "0"), ("learning_rate", "0"),
-        ("dataset", "cifar10"), ("teacher_signal", "sometimes"), ("alpha", "1.5"), ("seed", "twelve"),
+        ("dataset", "cifar10"), ("teacher_signal", "sometimes"), ("hard_label_weight", "1.5"), ("seed", "twelve"),
         ("num_steps", "2.5"), ("recipe", "best"), ("teacher_temperature", "-2"),
     ],
 )
 def test_bad_values_raise_value_error_naming_the_parameter(name, text):
     with pytest.raises(ValueError, match=name):
-        config.make_config({name: text})
+        config.parse_args("distill", [f"--{name}", text])
 
 
 def test_parse_args_round_trip():
-    values = config.parse_args("distill", ["--temperature", "2", "--alpha", "0.5", "--num_steps", "10"])
-    made = config.make_config(values)
-    assert (made.temperature, made.alpha, made.num_steps, made.seed) == (2.0, 0.5, 10, 12)
-    assert config.make_config(config.parse_args("distill", [])).alpha is None
-    assert math.isclose(config.make_config(config.parse_args("teacher", [])).learning_rate, 0.001)
+    made = config.parse_args("distill", ["--temperature", "2", "--hard_label_weight", "0.5", "--num_steps", "10"])
+    assert (made.temperature, made.hard_label_weight, made.num_steps, made.seed) == (2.0, 0.5, 10, 12)
+    assert made.loss == "weighted"
+    assert config.parse_args("distill", []) == config.DEFAULTS and config.DEFAULTS.loss == "kdtf"
+    assert math.isclose(config.parse_args("teacher", []).learning_rate, 0.001)
+    # What goes out as parameters comes back as the same values.
+    assert config.parse_args("distill", [f"--{k}={v}" for k, v in made.params("distill").items()]) == made
 
 
 def test_student_takes_no_temperature():
-    with pytest.raises(SystemExit):
+    with pytest.raises(ValueError, match="unrecognized arguments: --temperature"):
         config.parse_args("student", ["--temperature", "5"])
+
+
+def test_the_old_alpha_is_refused_naming_its_replacement():
+    with pytest.raises(ValueError, match="alpha was renamed hard_label_weight.*alpha=a is hard_label_weight=1-a"):
+        config.parse_args("distill", ["--alpha", "0.9"])
+    with pytest.raises(ValueError, match="alpha was renamed hard_label_weight"):
+        sweeps.parse_args(["--alpha", "0.9"])
+
+
+def test_every_loss_and_recipe_names_an_entry_of_its_table():
+    from kdflow import losses, models
+
+    assert {config.DEFAULTS.loss, config.parse_args("distill", ["--hard_label_weight", "0"]).loss} == set(
+        losses.DISTILLATION_LOSSES
+    )
+    assert {recipe.student_initializer for recipe in config.RECIPES.values()} <= set(models.INITIALIZERS)
 
 
 def test_pyproject_and_conda_name_the_same_dependencies():
@@ -73,15 +90,13 @@ def test_mlproject_sweep_parameters_mirror_sweep_config():
 
     entry_point = MLPROJECT["entry_points"]["sweep"]
     assert MLPROJECT["entry_points"]["main"] == entry_point  # `mlflow run .` is the default sweep.
-    sweep_names = [item.name for item in dataclasses.fields(config.SweepConfig)]
-    assert list(entry_point["parameters"]) == sweep_names + list(config.SWEEP_RECIPE_PARAMETERS)
+    sweep_names = [item.name for item in dataclasses.fields(sweeps.SweepConfig)]
+    assert list(entry_point["parameters"]) == sweep_names + list(sweeps.RECIPE_PARAMETERS)
     for name in sweep_names:
-        default = getattr(config.SWEEP_DEFAULTS, name)
-        expected = ",".join(map(str, default)) if isinstance(default, tuple) else str(default)
+        expected = config.to_text(getattr(sweeps.SWEEP_DEFAULTS, name))
         assert str(entry_point["parameters"][name]["default"]) == expected, name
-    for name in config.SWEEP_RECIPE_PARAMETERS:
-        default = getattr(config.DEFAULTS, name)
-        assert str(entry_point["parameters"][name]["default"]) == ("" if default is None else str(default)), name
+    for name in sweeps.RECIPE_PARAMETERS:
+        assert str(entry_point["parameters"][name]["default"]) == config.to_text(getattr(config.DEFAULTS, name)), name
     for name in entry_point["parameters"]:
         assert f"--{name} {{{name}}}" in entry_point["command"]
 
@@ -95,16 +110,14 @@ def test_mlproject_predict_defaults_to_the_champion_student():
 
 
 def test_run_names_say_what_was_trained():
-    from kdflow.tracking import run_name
-
-    assert run_name("teacher", config.make_config({"temperature": "2", "recipe": "tuned"})) == "teacher-T2-seed12"
-    assert run_name("student", config.make_config({"seed": "13"})) == "student-seed13"
-    assert run_name("distill", config.make_config({})) == "distill-T5-seed12"
-    fixed = config.make_config({"temperature": "10", "teacher_temperature": "1", "recipe": "tuned"})
-    assert run_name("distill", fixed) == "distill-T10-teacherT1-seed12-tuned"
+    assert runs.run_name("teacher", config.Config(temperature=2, recipe="tuned")) == "teacher-T2-seed12"
+    assert runs.run_name("student", config.Config(seed=13)) == "student-seed13"
+    assert runs.run_name("distill", config.DEFAULTS) == "distill-T5-seed12"
+    fixed = config.Config(temperature=10, teacher_temperature=1, recipe="tuned")
+    assert runs.run_name("distill", fixed) == "distill-T10-teacherT1-seed12-tuned"
     assert fixed.teacher_config().temperature == 1.0 and config.DEFAULTS.teacher_config().temperature == 5.0
     # A teacher at the distillation's own T is kdtf's default: the same parameters, so reusable.
-    assert config.make_config({"teacher_temperature": "5"}).params("distill") == config.DEFAULTS.params("distill")
+    assert config.Config(teacher_temperature=5).params("distill") == config.DEFAULTS.params("distill")
 
 
 def test_tuned_recipe_starts_the_student_at_zero():
@@ -112,9 +125,9 @@ def test_tuned_recipe_starts_the_student_at_zero():
 
     from kdflow import models, training
 
-    training.make_deterministic(12)
-    kernel = np.asarray(models.build_student("tuned").layers[-1].kernel)
-    assert not kernel.any()
-    training.make_deterministic(12)
-    kernel = np.asarray(models.build_student("kdtf").layers[-1].kernel)
-    assert 0.9 < kernel.std() < 1.1  # kdtf's N(0, 1)
+    def student_kernel(recipe):
+        training.make_deterministic(12)
+        return np.asarray(models.build_student(config.RECIPES[recipe].student_initializer).layers[-1].kernel)
+
+    assert not student_kernel("tuned").any()
+    assert 0.9 < student_kernel("kdtf").std() < 1.1  # kdtf's N(0, 1)

@@ -15,8 +15,9 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
+from scipy.special import softmax
 
-from kdflow import registry, tracking
+from kdflow import registry, runs, tracking
 from tests.conftest import MLFLOW, ROOT, SHORT, succeeded
 
 def test_distill_trains_a_teacher_once_then_reuses_it(store):
@@ -31,10 +32,10 @@ def test_distill_trains_a_teacher_once_then_reuses_it(store):
     # What the MLflow UI shows: a description on each run, linking a distillation to its teacher,
     # and an experiment that opens on the model-training view.
     teacher_link = f"[teacher-T5-seed12](#/experiments/{teacher.info.experiment_id}/runs/{teacher.info.run_id})"
-    assert teacher_link in first.data.tags[tracking.DESCRIPTION_TAG]
-    assert teacher.data.tags[tracking.DESCRIPTION_TAG].startswith("Teacher: the CNN trained on the hard labels at T=5")
+    assert teacher_link in first.data.tags[runs.DESCRIPTION_TAG]
+    assert teacher.data.tags[runs.DESCRIPTION_TAG].startswith("Teacher: the CNN trained on the hard labels at T=5")
     experiment = mlflow.get_experiment(first.info.experiment_id)
-    assert experiment.tags[tracking.EXPERIMENT_KIND_TAG] == tracking.MODEL_TRAINING
+    assert experiment.tags[runs.EXPERIMENT_KIND_TAG] == runs.MODEL_TRAINING
 
 
 def test_runs_log_metrics_dataset_model_and_results(store):
@@ -124,8 +125,8 @@ def test_cached_and_online_teacher_signal_agree(store, fetched_mnist):
     examples = np.r_[0:128, 54_872:55_000]
     online = teacher_model(splits.train_images[examples], training=False).numpy()
     for temperature in (2.0, 5.0):
-        cached_targets = softmax(cached[examples] / temperature)
-        np.testing.assert_allclose(softmax(online / temperature), cached_targets, atol=1e-5)
+        cached_targets = softmax(cached[examples] / temperature, axis=1)
+        np.testing.assert_allclose(softmax(online / temperature, axis=1), cached_targets, atol=1e-5)
 
     # The online path end to end, with the teacher named by its registry URI.
     succeeded(store.run("distill", temperature=5, teacher="models:/kd-teacher/1", teacher_signal="online", **SHORT))
@@ -134,11 +135,6 @@ def test_cached_and_online_teacher_signal_agree(store, fetched_mnist):
     assert online_run.data.tags[tracking.TEACHER_RUN_TAG] == teacher.info.run_id
     cached_run = store.runs("distill")[0]
     assert online_run.data.metrics["test_accuracy"] == pytest.approx(cached_run.data.metrics["test_accuracy"], abs=0.01)
-
-
-def softmax(logits):
-    exponentials = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return exponentials / exponentials.sum(axis=1, keepdims=True)
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,7 @@ from kdflow import results
 TEACHER_T2 = [0.978, 0.980, 0.982]  # 98.00 ± 0.20 (3)
 DISTILL_T2 = [0.89, 0.90]  # 89.50 ± 0.71 (2)
 DISTILL_T5 = [0.90, 0.91]  # with the calling run's 0.92: 91.00 ± 1.00 (3)
-ALPHA_T5 = [0.93, 0.95]  # 94.00 ± 1.41 (2)
+WEIGHTED_T5 = [0.93, 0.95]  # 94.00 ± 1.41 (2)
 STUDENT = [0.88, 0.89, 0.90]  # 89.00 ± 1.00 (3), under every column
 FIXED_TEACHER_T5 = [0.92]  # distilled at T=5 from a teacher trained at T=1: a row of its own
 DISTILL_T1 = [0.88]  # kdtf's way at T=1: its teacher trained at T=1, so it is in both rows
@@ -30,19 +30,19 @@ EXPECTED_KDTF_TABLE = """\
 | Teacher | — | 98.00 ± 0.20 (3) | 98.12 (1) | 97.90 | 98.12 |
 | Distillation | 88.00 (1) | 89.50 ± 0.71 (2) | 91.00 ± 1.00 (3) | 89.14 | 90.77 |
 | Distillation (teacher T=1) | 88.00 (1) | — | 92.00 (1) | — | — |
-| Distillation (alpha=0.5) | — | — | 94.00 ± 1.41 (2) | — | — |
+| Distillation (hard_label_weight=0.5) | — | — | 94.00 ± 1.41 (2) | — | — |
 | Student only | 89.00 ± 1.00 (3) | 89.00 ± 1.00 (3) | 89.00 ± 1.00 (3) | 88.84 | 88.84 |
 """
 
 
-def log_run(experiment_id, kind, recipe, temperature, seed, accuracy=None, alpha=None, status="FINISHED",
+def log_run(experiment_id, kind, recipe, temperature, seed, accuracy=None, hard_label_weight=None, status="FINISHED",
             setup=MNIST, teacher_temperature=None):
     """Log one run as the training jobs do, ending it with the given status; returns its id."""
     with mlflow.start_run(experiment_id=experiment_id) as run:
         mlflow.set_tags({"kdflow.kind": kind, "kdflow.recipe": recipe, "kdflow.setup": setup})
-        mlflow.set_tag("kdflow.params", canonical_params(temperature, seed, alpha, teacher_temperature))
+        mlflow.set_tag("kdflow.params", canonical_params(temperature, seed, hard_label_weight, teacher_temperature))
         # `mlflow run` logs parameters as the user typed them; the table must not read these.
-        mlflow.log_params({"temperature": f"{temperature:g}", "seed": str(seed), "alpha": "''"})
+        mlflow.log_params({"temperature": f"{temperature:g}", "seed": str(seed), "hard_label_weight": "''"})
         if accuracy is not None:
             mlflow.log_metric("test_accuracy", accuracy)
         if status != "FINISHED":
@@ -50,19 +50,19 @@ def log_run(experiment_id, kind, recipe, temperature, seed, accuracy=None, alpha
     return run.info.run_id
 
 
-def canonical_params(temperature, seed, alpha, teacher_temperature=None):
+def canonical_params(temperature, seed, hard_label_weight, teacher_temperature=None):
     params = {"temperature": str(float(temperature)), "seed": str(seed)}
-    if alpha is not None:
-        params["alpha"] = alpha
+    if hard_label_weight is not None:
+        params["hard_label_weight"] = hard_label_weight
     if teacher_temperature is not None:
         params["teacher_temperature"] = teacher_temperature
     return json.dumps(params)
 
 
-def running_run(client, experiment_id, kind, recipe, temperature, accuracy, alpha=""):
+def running_run(client, experiment_id, kind, recipe, temperature, accuracy, hard_label_weight=""):
     """Create a run that stays RUNNING, as a training job that has not finished yet."""
     tags = {"kdflow.kind": kind, "kdflow.recipe": recipe, "kdflow.setup": MNIST,
-            "kdflow.params": canonical_params(temperature, 99, alpha)}
+            "kdflow.params": canonical_params(temperature, 99, hard_label_weight)}
     run_id = client.create_run(experiment_id, tags=tags).info.run_id
     client.log_metric(run_id, "test_accuracy", accuracy)
     return run_id
@@ -85,16 +85,16 @@ def store(tmp_path_factory):
             log("teacher T=2", "teacher", "kdtf", 2, seed, accuracy)
         log("teacher T=5", "teacher", "kdtf", 5, 0, 0.9812)
         for seed, accuracy in enumerate(DISTILL_T2):
-            log("distill T=2", "distill", "kdtf", 2, seed, accuracy, alpha="")
+            log("distill T=2", "distill", "kdtf", 2, seed, accuracy, hard_label_weight="")
         for seed, accuracy in enumerate(DISTILL_T5):
-            log("distill T=5", "distill", "kdtf", 5, seed, accuracy, alpha="")
+            log("distill T=5", "distill", "kdtf", 5, seed, accuracy, hard_label_weight="")
         for seed, accuracy in enumerate(DISTILL_T1):
-            log("distill T=1", "distill", "kdtf", 1, seed, accuracy, alpha="")
-        for seed, accuracy in enumerate(ALPHA_T5):
-            log("alpha T=5", "distill", "kdtf", 5, seed, accuracy, alpha="0.5")
+            log("distill T=1", "distill", "kdtf", 1, seed, accuracy, hard_label_weight="")
+        for seed, accuracy in enumerate(WEIGHTED_T5):
+            log("hard_label_weight T=5", "distill", "kdtf", 5, seed, accuracy, hard_label_weight="0.5")
         for seed, accuracy in enumerate(STUDENT):
             log("student", "student", "kdtf", 1, seed, accuracy)
-        log("fixed teacher T=5", "distill", "kdtf", 5, 0, FIXED_TEACHER_T5[0], alpha="", teacher_temperature="1.0")
+        log("fixed teacher T=5", "distill", "kdtf", 5, 0, FIXED_TEACHER_T5[0], hard_label_weight="", teacher_temperature="1.0")
         # Runs that must not count: they would visibly move the means above if they did.
         log("ignored", "teacher", "kdtf", 2, 7, 0.10, status="FAILED")
         log("ignored", "teacher", "kdtf", 2, 8, None)  # Finished without a test accuracy.
@@ -129,14 +129,14 @@ def test_collect_counts_finished_runs_and_the_calling_run_only(store):
 def test_cells_hold_exact_statistics_and_their_run_ids(store, tables):
     _, _, ids = store
     table = tables[KDTF]
-    assert table.rows == ("Teacher", "Distillation", "Distillation (teacher T=1)", "Distillation (alpha=0.5)", "Student only")
+    assert table.rows == ("Teacher", "Distillation", "Distillation (teacher T=1)", "Distillation (hard_label_weight=0.5)", "Student only")
     assert table.temperatures == (1.0, 2.0, 5.0)
     expected = {  # (row, temperature): (mean, std, run ids)
         ("Teacher", 2.0): (98.0, 0.2, ids["teacher T=2"]),
         ("Teacher", 5.0): (98.12, None, ids["teacher T=5"]),
         ("Distillation", 2.0): (89.5, 0.5 ** 0.5, ids["distill T=2"]),
         ("Distillation", 5.0): (91.0, 1.0, ids["distill T=5"] + ids["calling"]),
-        ("Distillation (alpha=0.5)", 5.0): (94.0, 2 ** 0.5, ids["alpha T=5"]),
+        ("Distillation (hard_label_weight=0.5)", 5.0): (94.0, 2 ** 0.5, ids["hard_label_weight T=5"]),
         ("Distillation (teacher T=1)", 5.0): (92.0, None, ids["fixed teacher T=5"]),
         ("Distillation", 1.0): (88.0, None, ids["distill T=1"]),
         # The same run: with the teacher at its own T it is the fixed-teacher curve's point at T=1.
@@ -153,7 +153,7 @@ def test_cells_hold_exact_statistics_and_their_run_ids(store, tables):
         assert cell.n == len(run_ids)
         assert set(cell.run_ids) == set(run_ids)
     assert table.cell("Distillation", 5.0).kdtf == 90.77
-    assert table.cell("Distillation (alpha=0.5)", 5.0).kdtf is None
+    assert table.cell("Distillation (hard_label_weight=0.5)", 5.0).kdtf is None
 
 
 def test_setups_and_recipes_are_kept_apart_but_share_teachers(store, tables):
@@ -224,7 +224,7 @@ def test_empty_experiment_says_there_are_no_finished_runs(store, tmp_path):
 def test_regenerate_from_inside_the_calling_run(store, tmp_path):
     client, _, _ = store
     experiment = client.create_experiment("calling")
-    log_run(experiment, "distill", "kdtf", 5, 0, 0.90, alpha="")
+    log_run(experiment, "distill", "kdtf", 5, 0, 0.90, hard_label_weight="")
     with mlflow.start_run(experiment_id=experiment) as run:
         mlflow.set_tags({"kdflow.kind": "distill", "kdflow.recipe": "kdtf", "kdflow.setup": MNIST,
                          "kdflow.params": canonical_params(5, 1, "")})

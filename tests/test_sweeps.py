@@ -15,7 +15,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from kdflow import config, sweeps, tracking
+from kdflow import sweeps, tracking
 from tests.conftest import MLFLOW, ROOT, SHORT, free_port, serving
 
 @pytest.fixture(scope="module")
@@ -157,24 +157,30 @@ def test_trial_threads_and_gpu_memory_growth(monkeypatch):
 
 
 def test_sweep_plan_runs_teachers_first():
-    sweep_config, recipe = config.parse_sweep_args(["--temperatures", "2,5", "--seeds", "12,13", "--num_steps", "7"])
+    sweep_config, recipe = sweeps.parse_args(["--temperatures", "2,5", "--seeds", "12,13", "--num_steps", "7"])
     teachers, rest = sweeps.plan(sweep_config, recipe)
-    assert [(kind, values["temperature"], values["seed"]) for kind, values in teachers] == [
-        ("teacher", "2.0", "12"), ("teacher", "2.0", "13"), ("teacher", "5.0", "12"), ("teacher", "5.0", "13")
+    assert [(trial.kind, trial.config.temperature, trial.config.seed) for trial in teachers] == [
+        ("teacher", 2.0, 12), ("teacher", 2.0, 13), ("teacher", 5.0, 12), ("teacher", 5.0, 13)
     ]
-    assert sorted(kind for kind, _ in rest) == ["distill"] * 4 + ["student"] * 2
-    assert all(values["num_steps"] == "7" for _, values in teachers + rest)
+    assert sorted(trial.kind for trial in rest) == ["distill"] * 4 + ["student"] * 2
+    assert all(trial.config.num_steps == 7 for trial in teachers + rest)
     # With one teacher temperature, the distillations at every T all learn from that teacher.
-    sweep_config, recipe = config.parse_sweep_args(["--temperatures", "2,5", "--seeds", "12", "--teacher_temperature", "1",
-                                                    "--recipe", "tuned"])
+    sweep_config, recipe = sweeps.parse_args(["--temperatures", "2,5", "--seeds", "12", "--teacher_temperature", "1",
+                                              "--recipe", "tuned"])
     teachers, rest = sweeps.plan(sweep_config, recipe)
-    assert [values["temperature"] for _, values in teachers] == ["1.0"] and "recipe" not in teachers[0][1]
-    distills = [values for kind, values in rest if kind == "distill"]
-    assert [(v["temperature"], v["teacher_temperature"], v["recipe"]) for v in distills] == [("2.0", "1", "tuned"), ("5.0", "1", "tuned")]
+    assert [trial.config.temperature for trial in teachers] == [1.0] and "recipe" not in teachers[0].config.params("teacher")
+    distills = [trial.config for trial in rest if trial.kind == "distill"]
+    assert [(c.temperature, c.teacher_temperature, c.recipe) for c in distills] == [(2.0, 1.0, "tuned"), (5.0, 1.0, "tuned")]
+    assert [trial.name for trial in rest] == ["student-seed12-tuned", "distill-T2-teacherT1-seed12-tuned",
+                                              "distill-T5-teacherT1-seed12-tuned"]
+    # A teacher at one of the sweep's own temperatures is kdtf's teacher there, and each other T learns from it.
+    sweep_config, recipe = sweeps.parse_args(["--temperatures", "2,5", "--seeds", "12", "--teacher_temperature", "5"])
+    _, rest = sweeps.plan(sweep_config, recipe)
+    assert [trial.config.teacher_config().temperature for trial in rest if trial.kind == "distill"] == [5.0, 5.0]
     with pytest.raises(ValueError, match="temperatures"):
-        config.parse_sweep_args(["--temperatures", "-2"])
+        sweeps.parse_args(["--temperatures", "-2"])
     with pytest.raises(ValueError, match="kinds"):
-        config.parse_sweep_args(["--kinds", "teacher,professor"])
+        sweeps.parse_args(["--kinds", "teacher,professor"])
 
 
 def test_interrupted_sweep_resumes_without_repeating_finished_trials(cluster, tracking_server, tmp_path, monkeypatch):

@@ -1,0 +1,97 @@
+"""The command line: what the entry points and ``kdflow-predict`` call. Parse, run, say, exit.
+
+Every body's outcome becomes a message and an exit status in one place, ``exit_status``:
+0 done, 1 partly failed (the rest was done and logged), 2 bad input, 130 interrupted.
+"""
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import sys
+
+import mlflow
+
+from kdflow import config, predict, runs, sweeps
+
+
+def exit_status(name: str, body) -> int:
+    """Run an entry point's body and turn its outcome into a message and an exit status."""
+    # `kill` and Ray stop workers with SIGTERM; treat it like Ctrl-C so the run ends KILLED.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        body()
+    except ValueError as error:
+        print(f"kdflow {name}: error: {error}", file=sys.stderr)
+        return 2
+    except runs.PartlyFailed as error:
+        print(f"kdflow {name}: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"kdflow {name}: interrupted; the run is marked KILLED", file=sys.stderr)
+        return 130
+    return 0
+
+
+def main(kind: str, argv: list[str]) -> int:
+    """The teacher, student and distill entry points: one job in a tracked run."""
+
+    def body():
+        # Parsed inside the run, so a bad parameter ends the run FAILED with its error recorded.
+        with runs.tracked_run(kind):
+            runs.run_job(kind, config.parse_args(kind, argv))
+
+    return exit_status(kind, body)
+
+
+def sweep_main(argv: list[str]) -> int:
+    """The sweep entry point: trials over a Ray cluster under one parent run; non-zero if any failed."""
+    return exit_status("sweep", lambda: sweeps.run_sweep(*sweeps.parse_args(argv)))
+
+
+def report_main(argv: list[str]) -> int:
+    """The report entry point: the experiment's results table, as a run's artifacts."""
+
+    def body():
+        if argv:
+            raise ValueError(f"report takes no parameters, got {' '.join(argv)}")
+        runs.report()
+
+    return exit_status("report", body)
+
+
+def _predict_arguments(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="kdflow-predict", description="Classify digit images with a kdflow model.")
+    parser.add_argument("images", nargs="+", help="PNG or JPEG files, .npy arrays, or directories of them")
+    parser.add_argument("--model_uri", default=predict.DEFAULT_MODEL_URI, help="the model to use (default: %(default)s)")
+    # Under `mlflow run` the answers are also kept as the run's predictions.json, for machines.
+    parser.add_argument("--json", action="store_true", help="print one JSON object per answer")
+    return parser.parse_args(argv)
+
+
+def predict_main(argv: list[str] | None = None) -> int:
+    """``kdflow-predict`` and the predict entry point: one answer per image file."""
+    arguments = _predict_arguments(sys.argv[1:] if argv is None else argv)
+    return exit_status("predict", lambda: _predict(arguments))
+
+
+def _predict(arguments: argparse.Namespace) -> None:
+    # Started by `mlflow run`, which opened a run for it: record the answers in that run.
+    started_by_mlflow_run = "MLFLOW_RUN_ID" in os.environ
+    with runs.tracked_run("predict") if started_by_mlflow_run else contextlib.nullcontext():
+        files = predict.expand(arguments.images)
+        answers = predict.predict_files(predict.load_model(arguments.model_uri), files)
+        for answer in answers:
+            if arguments.json:
+                print(json.dumps(answer))
+            elif "error" in answer:
+                print(f"{answer['file']}: error: {answer['error']}")
+            else:
+                print(f"{answer['file']}: {answer['digit']} (probability {answer['probability']:.3f})")
+        if started_by_mlflow_run:
+            runs.name_run("predict", f"Answers of `{arguments.model_uri}` for {len(files)} files: predictions.json.")
+            mlflow.log_dict(answers, "predictions.json")
+        failed = [answer["file"] for answer in answers if "error" in answer]
+        if failed:
+            raise runs.PartlyFailed(f"{len(failed)} of {len(answers)} files could not be read: {', '.join(failed)}")

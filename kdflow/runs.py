@@ -1,0 +1,139 @@
+"""One job inside one tracked MLflow run: how the run starts and ends, its name, its description,
+its parameters, and the results table it logs at the end.
+
+This is what people read in the MLflow UI, so it may change without making finished runs
+unusable for reuse: none of it is part of ``tracking.code_version``.
+"""
+
+import json
+import tempfile
+import traceback
+from contextlib import contextmanager
+from pathlib import Path
+
+import mlflow
+
+from kdflow import results, tracking
+from kdflow.config import Config
+from kdflow.jobs import JOBS
+
+# The run's description in the MLflow UI (Markdown), and the experiment kind that opens the UI on
+# its "Model training" view rather than the GenAI one.
+DESCRIPTION_TAG = "mlflow.note.content"
+EXPERIMENT_KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
+DESCRIPTIONS = {
+    "teacher": "Teacher: the CNN trained on the hard labels at T={temperature:g} for {num_steps} steps (seed {seed}). "
+    "Its logits on the training images (teacher_logits.npy) are the soft targets of the distillations naming it.",
+    "student": "Student only: softmax regression trained on the hard labels alone, at T=1, for {num_steps} steps "
+    "(seed {seed}, recipe {recipe}); the baseline that distillation has to beat.",
+    "distill": "Distillation: softmax regression trained on the hard labels and the teacher's soft targets at "
+    "T={temperature:g} for {num_steps} steps (seed {seed}, recipe {recipe}).",
+}
+
+
+class PartlyFailed(Exception):
+    """Part of the work failed for good (sweep trials, unreadable files); the rest was done and logged."""
+
+
+def recipe_suffix(recipe: str) -> str:
+    """What a run or sweep name adds for a recipe other than the original."""
+    return "" if recipe == "kdtf" else f"-{recipe}"
+
+
+def run_name(kind: str, config: Config) -> str:
+    """E.g. teacher-T5-seed12, student-seed12, distill-T5-seed12, distill-T5-teacherT1-seed12-tuned."""
+    parts = [kind]
+    if kind != "student":
+        parts.append(f"T{config.temperature:g}")
+    if kind == "distill" and config.teacher_temperature is not None:
+        parts.append(f"teacherT{config.teacher_temperature:g}")
+    parts.append(f"seed{config.seed}")
+    return "-".join(parts) + (recipe_suffix(config.recipe) if kind != "teacher" else "")
+
+
+@contextmanager
+def tracked_run(kind: str, parent_run_id=None, experiment_id=None, tags=None):
+    """Start (or, under ``mlflow run``, resume) a run; end it FINISHED, FAILED or KILLED.
+
+    The error goes into a tag and an ``error.txt`` artifact, so a failed run says why in the UI,
+    and whatever the run logged before the failure stays. A sweep's trials pass their parent.
+    """
+    run = mlflow.start_run(experiment_id=experiment_id, parent_run_id=parent_run_id, tags=tags)
+    mlflow.set_tags({tracking.KIND_TAG: kind, tracking.CODE_VERSION_TAG: tracking.code_version()})
+    client = mlflow.MlflowClient()
+    if EXPERIMENT_KIND_TAG not in client.get_experiment(run.info.experiment_id).tags:
+        client.set_experiment_tag(run.info.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
+    try:
+        yield run
+    except BaseException as error:
+        status = "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
+        message = f"{type(error).__name__}: {error}"
+        mlflow.set_tag(tracking.ERROR_TAG, message[:5000])
+        mlflow.log_text("".join(traceback.format_exception(error)), "error.txt")
+        mlflow.end_run(status)
+        raise
+    mlflow.end_run("FINISHED")
+
+
+def name_run(name: str, description: str) -> None:
+    """The run's name and its description, as the MLflow UI shows them."""
+    mlflow.set_tags({"mlflow.runName": name, DESCRIPTION_TAG: description})
+
+
+def log_params(params: dict[str, str]) -> None:
+    """Log the parameters that ``mlflow run`` has not logged already (MLflow forbids changing one)."""
+    already_logged = mlflow.get_run(mlflow.active_run().info.run_id).data.params
+    mlflow.log_params({name: value for name, value in params.items() if name not in already_logged})
+
+
+def describe_run(kind: str, config: Config) -> None:
+    """Name the run, log its parameters and the recipe it belongs to.
+
+    ``mlflow run`` logs the parameters as the user typed them (``5`` or ``5.0``, an empty value
+    as ``''``) and MLflow forbids changing a logged value, so the canonical values go into the
+    ``kdflow.params`` tag, which the results table and sweep resumption read.
+    """
+    params = config.params(kind)
+    log_params(params)
+    name_run(run_name(kind, config), DESCRIPTIONS[kind].format(**vars(config)))
+    # A teacher is the same in every recipe (they differ in the student): it is the kdtf teacher.
+    recipe = config.recipe if kind != "teacher" else "kdtf"
+    mlflow.set_tags({
+        tracking.RECIPE_TAG: recipe, tracking.SETUP_TAG: config.setup(), tracking.PARAMS_TAG: json.dumps(params, sort_keys=True)
+    })
+
+
+def _link_teacher() -> None:
+    """Add a link to the distillation's teacher run, which the job tagged, to the description."""
+    tags = mlflow.get_run(mlflow.active_run().info.run_id).data.tags
+    teacher = mlflow.get_run(tags[tracking.TEACHER_RUN_TAG]).info
+    link = f"[{teacher.run_name}](#/experiments/{teacher.experiment_id}/runs/{teacher.run_id})"
+    mlflow.set_tag(
+        DESCRIPTION_TAG, f"{tags[DESCRIPTION_TAG]} Teacher: run {link}, model `{tags[tracking.TEACHER_MODEL_TAG]}`."
+    )
+
+
+def log_results() -> str:
+    """Regenerate the experiment's results table as the active run's artifacts; return the Markdown."""
+    run = mlflow.active_run()
+    with tempfile.TemporaryDirectory() as folder:
+        table = results.regenerate(run.info.experiment_id, Path(folder), include_run_id=run.info.run_id)
+        mlflow.log_artifacts(folder)
+    return table
+
+
+def run_job(kind: str, config: Config) -> None:
+    """Run one job in the active tracked run: describe it, train, print and log the results table."""
+    describe_run(kind, config)
+    JOBS[kind](config)
+    if kind == "distill":
+        _link_teacher()
+    print(log_results())
+
+
+def report() -> None:
+    """The report job: the experiment's results table, regenerated as a tracked run of its own."""
+    # A tracked run like the others, so a failed report also ends FAILED with its error recorded.
+    with tracked_run("report"):
+        name_run("report", "The results table, regenerated from the experiment's finished runs.")
+        print(log_results())
