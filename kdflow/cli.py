@@ -10,16 +10,33 @@ import json
 import os
 import signal
 import sys
+import threading
+import time
 
 import mlflow
 
 from kdflow import config, predict, runs, sweeps
 
 
+def _stop_with_parent() -> None:
+    """Under ``mlflow run``, stop when that process is stopped: ``kill`` reaches it alone, and this
+    job would otherwise train on unwatched and end FINISHED after its user stopped it."""
+    parent = os.getppid()
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(1)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="kdflow-parent-watch", daemon=True).start()
+
+
 def exit_status(name: str, body) -> int:
     """Run an entry point's body and turn its outcome into a message and an exit status."""
     # `kill` and Ray stop workers with SIGTERM; treat it like Ctrl-C so the run ends KILLED.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
+    if "MLFLOW_RUN_ID" in os.environ:
+        _stop_with_parent()
     try:
         body()
     except ValueError as error:
@@ -29,6 +46,9 @@ def exit_status(name: str, body) -> int:
         print(f"kdflow {name}: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
+        # The run is recorded; `mlflow run` follows Ctrl-C with a SIGTERM, which would only cut the exit short.
+        for number in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(number, signal.SIG_IGN)
         print(f"kdflow {name}: interrupted; the run is marked KILLED", file=sys.stderr)
         return 130
     return 0

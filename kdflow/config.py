@@ -11,10 +11,14 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-from kdflow.data import DATASETS
+from kdflow.data import DATASETS, EXPECTED_SHAPES, VALIDATION_SIZE
 
 KINDS = ("teacher", "student", "distill")
 TEACHER_SIGNALS = ("cached", "online")
+# A batch is drawn from the training split, so it can hold at most every training image once.
+MAX_BATCH_SIZE = EXPECTED_SHAPES["x_train"][0] - VALIDATION_SIZE
+# NumPy and TensorFlow take seeds as unsigned 32-bit integers.
+SEED_RANGE = range(0, 2**32)
 
 
 @dataclass(frozen=True)
@@ -74,6 +78,10 @@ class Config:
         for name in ("num_steps", "batch_size", "eval_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.batch_size > MAX_BATCH_SIZE:
+            raise ValueError(f"batch_size must be at most {MAX_BATCH_SIZE} (the training split), got {self.batch_size}")
+        if self.seed not in SEED_RANGE:
+            raise ValueError(f"seed must be an integer from 0 to 2**32 - 1, got {self.seed}")
         if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
             raise ValueError(f"learning_rate must be a finite number > 0, got {self.learning_rate}")
         if self.dataset not in DATASETS:

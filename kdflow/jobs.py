@@ -17,9 +17,6 @@ from mlflow.exceptions import ExecutionException, MlflowException
 from kdflow import data, registry, tracking
 from kdflow.config import KIND_PARAMETERS, RECIPES, Config
 
-TEACHER_LOGITS_ARTIFACT = "teacher_logits.npy"
-
-
 def _prepare(kind: str, config: Config):
     """Load and log the data."""
     splits = data.load_dataset(config.dataset, config.data_dir)
@@ -27,8 +24,8 @@ def _prepare(kind: str, config: Config):
     return splits
 
 
-def _finish(kind: str, model, result, splits) -> None:
-    """Log the scores and the model; a student may become the champion."""
+def _finish(kind: str, config: Config, model, result, splits) -> None:
+    """Log the scores and the model; a student may become its setup's champion."""
     mlflow.log_metrics(
         {
             "test_accuracy": result.test_accuracy,
@@ -39,12 +36,12 @@ def _finish(kind: str, model, result, splits) -> None:
             "evaluation_seconds": result.evaluation_seconds,
         }
     )
-    model_info = registry.log_model(model, kind, splits.validation_images, result.best_validation_accuracy)
+    model_info = registry.log_model(model, kind, config, splits.validation_images, result.best_validation_accuracy)
     mlflow.set_tag(tracking.MODEL_URI_TAG, model_info.model_uri)
     if kind != "teacher":
-        name, version = registry.REGISTERED_NAMES[kind], model_info.registered_model_version
-        if registry.promote_if_better(name, version, result.best_validation_accuracy):
-            print(f"{name} version {version} is now @{registry.CHAMPION}")
+        name, alias = registry.registered_name(kind, config.dataset), registry.champion_alias(config)
+        if registry.crown_champion(name, config.setup(), alias) == model_info.registered_model_version:
+            print(f"{name} version {model_info.registered_model_version} is now @{alias}")
     print(f"{kind}: test_accuracy {result.test_accuracy:.4f} (best validation step {result.best_step})")
 
 
@@ -61,7 +58,7 @@ def _train_on_hard_labels(kind: str, config: Config, build_model, temperature: f
 
     batches = training.training_batches((splits.train_images, splits.train_labels), config.batch_size, config.seed)
     result = training.train(model, objective, batches, splits, config, temperature, tracking.log_evaluation)
-    _finish(kind, model, result, splits)
+    _finish(kind, config, model, result, splits)
     return model, splits
 
 
@@ -72,7 +69,7 @@ def train_teacher(config: Config) -> None:
     teacher, splits = _train_on_hard_labels("teacher", config, models.build_teacher, config.temperature)
     # Every distillation run at any temperature reads these instead of running the teacher again.
     with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / TEACHER_LOGITS_ARTIFACT
+        path = Path(folder) / tracking.TEACHER_LOGITS_ARTIFACT
         started = time.perf_counter()
         np.save(path, training.predict_logits(teacher, splits.train_images))
         mlflow.log_metric("teacher_logits_seconds", time.perf_counter() - started)
@@ -126,7 +123,14 @@ def choose_teacher(config: Config) -> tuple[str, str]:
     teacher run of the experiment, else one trained now. Runs before any data is read, so a
     teacher URI that does not resolve fails fast."""
     if config.teacher:
-        return registry.resolve(config.teacher, "teacher").run_id, config.teacher
+        model = registry.resolve(config.teacher, "teacher")
+        kind = mlflow.get_run(model.run_id).data.tags.get(tracking.KIND_TAG) if model.run_id else None
+        if kind != "teacher":
+            raise ValueError(
+                f"teacher: {config.teacher!r} is not the model of a kdflow teacher run (its run's kind: {kind}); "
+                "name a kd-teacher version, e.g. models:/kd-teacher/1"
+            )
+        return model.run_id, config.teacher
     experiment_id = mlflow.active_run().info.experiment_id
     teacher_config = config.teacher_config()
     # Any source of the dataset must match its pinned digest, so the digest is known before loading.
@@ -147,12 +151,11 @@ def cached_teacher_logits(teacher_run_id: str, data_digest: str) -> np.ndarray:
             f"teacher: run {teacher_run_id} was trained on other data than this run's; "
             "use teacher_signal=online or a teacher trained on this dataset"
         )
+    artifact = tracking.TEACHER_LOGITS_ARTIFACT
     try:
-        path = mlflow.artifacts.download_artifacts(run_id=teacher_run_id, artifact_path=TEACHER_LOGITS_ARTIFACT)
+        path = mlflow.artifacts.download_artifacts(run_id=teacher_run_id, artifact_path=artifact)
     except (MlflowException, OSError) as error:
-        raise ValueError(
-            f"teacher: run {teacher_run_id} has no stored {TEACHER_LOGITS_ARTIFACT}; use teacher_signal=online"
-        ) from error
+        raise ValueError(f"teacher: run {teacher_run_id} has no stored {artifact}; use teacher_signal=online") from error
     return np.load(path)
 
 
@@ -185,7 +188,7 @@ def distill(config: Config) -> None:
 
     batches = training.training_batches(arrays, config.batch_size, config.seed)
     result = training.train(student, step_objective, batches, splits, config, 1.0, tracking.log_evaluation)
-    _finish("distill", student, result, splits)
+    _finish("distill", config, student, result, splits)
 
 
 JOBS = {"teacher": train_teacher, "student": train_student, "distill": distill}

@@ -19,7 +19,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from kdflow import registry
 
-DEFAULT_MODEL_URI = f"models:/{registry.REGISTERED_NAMES['distill']}@{registry.CHAMPION}"
+# The best MNIST student of kdtf's setup (registry.champion_alias).
+DEFAULT_MODEL_URI = f"models:/{registry.registered_name('student', 'mnist')}@{registry.CHAMPION}"
 # What a directory given as input is searched for.
 SUFFIXES = (".png", ".jpg", ".jpeg", ".npy")
 # MNIST fits each digit's ink into 20x20 pixels of its 28x28 frame.

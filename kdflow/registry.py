@@ -9,6 +9,7 @@ inputs, so the signature declares the output schema and the wrapper checks the i
 raising the same INVALID_PARAMETER_VALUE error (HTTP 400 behind ``mlflow models serve``).
 """
 
+import dataclasses
 import tempfile
 from importlib import metadata
 from pathlib import Path
@@ -22,9 +23,12 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.types import ColSpec, DataType, Schema
 from mlflow.types.schema import Array
 
-REGISTERED_NAMES = {"teacher": "kd-teacher", "student": "kd-student", "distill": "kd-student"}
+from kdflow.config import DEFAULTS, Config
+
 CHAMPION = "champion"
+# Tags on every registered version: what its champion alias compares, and among which versions.
 VALIDATION_ACCURACY_TAG = "validation_accuracy"
+SETUP_TAG = "setup"
 SIGNATURE = ModelSignature(
     inputs=None,  # Checked by images_to_pixels; see the module docstring.
     outputs=Schema([ColSpec(DataType.long, "digit"), ColSpec(Array(DataType.double), "probabilities")]),
@@ -78,8 +82,25 @@ class DigitClassifier(mlflow.pyfunc.PythonModel):
         return pd.DataFrame({"digit": probabilities.argmax(axis=1), "probabilities": list(probabilities)})
 
 
-def log_model(keras_model, kind: str, example_images: np.ndarray, validation_accuracy: float):
+def registered_name(kind: str, dataset: str) -> str:
+    """kd-teacher or kd-student for MNIST; other datasets have their own, so that a network of
+    another dataset can never answer for digits."""
+    name = "kd-teacher" if kind == "teacher" else "kd-student"
+    return name if dataset == "mnist" else f"{name}-{dataset.replace('_', '-')}"
+
+
+def champion_alias(config: Config) -> str:
+    """The alias of a setup's best student: ``champion`` for kdtf's setup (5000 steps of 128 at
+    0.001, evaluated every 100), else e.g. ``champion-steps40-batch128-lr0_001-every20``."""
+    if config.setup() == dataclasses.replace(DEFAULTS, dataset=config.dataset).setup():
+        return CHAMPION
+    learning_rate = f"{config.learning_rate:g}".replace(".", "_")  # Aliases take letters, digits, _ and -.
+    return f"{CHAMPION}-steps{config.num_steps}-batch{config.batch_size}-lr{learning_rate}-every{config.eval_every}"
+
+
+def log_model(keras_model, kind: str, config: Config, example_images: np.ndarray, validation_accuracy: float):
     """Log the network as this run's model, register it, and return MLflow's ModelInfo."""
+    name = registered_name(kind, config.dataset)
     example = (example_images[:3] * 255).round().astype(np.uint8)
     with tempfile.TemporaryDirectory() as folder:
         keras_path = Path(folder) / "model.keras"
@@ -90,7 +111,7 @@ def log_model(keras_model, kind: str, example_images: np.ndarray, validation_acc
             artifacts={"keras_model": str(keras_path)},
             signature=SIGNATURE,
             input_example=example,
-            registered_model_name=REGISTERED_NAMES[kind],
+            registered_model_name=name,
             pip_requirements=[f"{name}=={metadata.version(name)}" for name in MODEL_REQUIREMENTS],
             # DigitClassifier is pickled by reference to kdflow.registry: ship the package with the
             # model so it loads where kdflow is not installed.
@@ -98,20 +119,35 @@ def log_model(keras_model, kind: str, example_images: np.ndarray, validation_acc
         )
     client = mlflow.MlflowClient()
     version = model_info.registered_model_version
-    client.set_model_version_tag(REGISTERED_NAMES[kind], version, VALIDATION_ACCURACY_TAG, str(validation_accuracy))
+    client.set_model_version_tag(name, version, SETUP_TAG, config.setup())
+    # Written last: a version is compared for its alias only once it has both tags.
+    client.set_model_version_tag(name, version, VALIDATION_ACCURACY_TAG, str(validation_accuracy))
     return model_info
 
 
-def promote_if_better(name: str, version: str, validation_accuracy: float) -> bool:
-    """Point the ``champion`` alias at this version if it beats the current one on validation."""
+def _best_version(client, name: str, setup: str) -> str:
+    """The version of ``name`` trained in ``setup`` with the best validation accuracy; ties: the older."""
+    versions = [
+        version for version in client.search_model_versions(f"name = '{name}'")
+        if version.tags.get(SETUP_TAG) == setup and VALIDATION_ACCURACY_TAG in version.tags
+    ]
+    best = max(versions, key=lambda version: (float(version.tags[VALIDATION_ACCURACY_TAG]), -int(version.version)))
+    return best.version
+
+
+def crown_champion(name: str, setup: str, alias: str) -> str:
+    """Point ``alias`` at the best version of ``name`` trained in ``setup``; return that version.
+
+    Several runs may finish at once, and the registry has no compare-and-set, so each one sets
+    the alias and then checks it against every version registered by then, until they agree.
+    Whoever writes last has checked after its write, so the alias ends on the best version.
+    """
     client = mlflow.MlflowClient()
-    current_version = client.get_registered_model(name).aliases.get(CHAMPION)
-    if current_version is not None:
-        current = client.get_model_version(name, current_version)
-        if float(current.tags.get(VALIDATION_ACCURACY_TAG, "-1")) >= validation_accuracy:
-            return False
-    client.set_registered_model_alias(name, CHAMPION, version)
-    return True
+    while True:
+        best = _best_version(client, name, setup)
+        client.set_registered_model_alias(name, alias, best)
+        if _best_version(client, name, setup) == best:
+            return best
 
 
 def load_keras_model(model_uri: str):
@@ -120,8 +156,17 @@ def load_keras_model(model_uri: str):
 
 
 def resolve(model_uri: str, parameter: str):
-    """The ModelInfo behind a URI, or a ValueError naming the parameter when it does not resolve."""
+    """The ModelInfo behind a URI, or a ValueError naming the parameter (and, for an alias that
+    does not exist, the aliases that do) when it does not resolve."""
     try:
         return mlflow.models.get_model_info(model_uri)
     except (MlflowException, OSError) as error:
-        raise ValueError(f"{parameter}: {model_uri!r} does not resolve to a model ({error})") from None
+        message = f"{parameter}: {model_uri!r} does not resolve to a model ({error})"
+    name, _, alias = model_uri.removeprefix("models:/").partition("@")
+    if model_uri.startswith("models:/") and alias:
+        try:
+            aliases = mlflow.MlflowClient().get_registered_model(name).aliases
+            message += f"; {name} has the aliases: {', '.join(sorted(aliases)) or 'none'}"
+        except MlflowException:
+            pass  # No such registered model: the message above says all there is.
+    raise ValueError(message)

@@ -2,10 +2,12 @@
 
 Runs are tagged with their kind (teacher, student, distill), recipe preset, setup (dataset, steps,
 batch, learning rate) and canonical parameters (temperature, seed, hard-label weight, teacher temperature),
-and log their test accuracy. The finished runs are grouped by setup and recipe, so that different
-recipes are never averaged together, into one table each (a setup's teachers, the same in every
-recipe, appear in each of its tables): rows Teacher / Distillation / Student only, one column per
-temperature, cells ``mean ± std (n)`` in percent over seeds, the kdtf numbers beside.
+and log their test accuracy. The finished, complete runs (their run key written) of the running
+code version are grouped by setup and recipe, so that different recipes are never averaged
+together, into one table each (a setup's teachers, the same in every recipe, appear in each of
+its tables): rows Teacher / Distillation / Student only, one column per temperature, cells
+``mean ± std (n)`` in percent over seeds, the kdtf numbers beside. A cell counts each seed once:
+the newest run of that seed, so rerunning a command never inflates n or invents a spread.
 Every cell keeps the ids of its runs, listed in the CSV and JSON, so each number can be traced.
 """
 
@@ -22,7 +24,7 @@ import mlflow
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from kdflow.tracking import KIND_TAG, PARAMS_TAG, RECIPE_TAG, SETUP_TAG
+from kdflow.tracking import CODE_VERSION_TAG, KIND_TAG, PARAMS_TAG, RECIPE_TAG, RUN_KEY_TAG, SETUP_TAG, code_version
 
 TEACHER, DISTILLATION, STUDENT = "Teacher", "Distillation", "Student only"
 # The numbers of the kdtf README, in percent. The standalone student trains at T=1, but kdtf
@@ -44,6 +46,9 @@ class RunRecord:
     seed: str
     hard_label_weight: str
     teacher_temperature: str
+    teacher: str  # a teacher model URI given explicitly; empty when the run found its own
+    code_version: str
+    start_time: int  # milliseconds; of two runs of one seed in a cell, the newer one counts
     accuracy: float
 
 
@@ -73,10 +78,11 @@ class Table:
 
 
 def collect_runs(experiment_id: str, include_run_id: str | None = None, client=None) -> list[RunRecord]:
-    """Read the finished kdflow runs of the experiment, plus the calling run if one is given.
+    """Read the finished, complete kdflow runs of the experiment, plus the calling run if given.
 
-    The calling run is still RUNNING when it regenerates the table, so it is fetched by id;
-    every other unfinished run (failed, killed or still training) is left out.
+    A run is complete once its run key is written, the last thing a job writes. The calling run
+    is still RUNNING and not yet keyed when it regenerates the table, so it is fetched by id;
+    every other run that did not complete (failed, killed, still training) is left out.
     """
     client = client or mlflow.MlflowClient()
     runs, page = [], None
@@ -93,30 +99,44 @@ def collect_runs(experiment_id: str, include_run_id: str | None = None, client=N
         # Runs of other kinds (the report run) or without a logged accuracy have no cell.
         if kind not in {"teacher", "student", "distill"} or "test_accuracy" not in metrics:
             continue
+        if RUN_KEY_TAG not in tags and run.info.run_id != include_run_id:
+            continue
         # The canonical values: `mlflow run` logs parameters as typed ("5", "''").
         params = json.loads(tags.get(PARAMS_TAG, "{}"))
         records.append(RunRecord(
             run_id=run.info.run_id, recipe=tags.get(RECIPE_TAG, ""), setup=tags.get(SETUP_TAG, ""), kind=kind,
             temperature=float(params.get("temperature", "1.0")), seed=params.get("seed", ""),
             hard_label_weight=params.get("hard_label_weight", "").strip(),
-            teacher_temperature=params.get("teacher_temperature", "").strip(), accuracy=float(metrics["test_accuracy"]),
+            teacher_temperature=params.get("teacher_temperature", "").strip(), teacher=params.get("teacher", ""),
+            code_version=tags.get(CODE_VERSION_TAG, ""), start_time=run.info.start_time,
+            accuracy=float(metrics["test_accuracy"]),
         ))
     return records
 
 
 def _row_of(record: RunRecord) -> tuple[tuple, str]:
-    """The row a run belongs to, with a key that orders rows as kdtf does, variants after."""
-    if record.kind == "distill" and (record.hard_label_weight or record.teacher_temperature):
+    """The row a run belongs to, with a key that orders rows as kdtf does, variants after.
+
+    A distillation from a teacher named by URI has a row of its own, named by that teacher: its
+    temperature column says how it distilled, not what its teacher trained at.
+    """
+    if record.kind == "distill" and (record.hard_label_weight or record.teacher_temperature or record.teacher):
         variants = [f"hard_label_weight={float(record.hard_label_weight):g}"] if record.hard_label_weight else []
         if record.teacher_temperature:
             variants.append(f"teacher T={float(record.teacher_temperature):g}")
-        key = (float(record.hard_label_weight or -1), float(record.teacher_temperature or -1))
+        if record.teacher:
+            variants.append(f"teacher {record.teacher}")
+        key = (record.teacher, float(record.hard_label_weight or -1), float(record.teacher_temperature or -1))
         return (2, *key), f"{DISTILLATION} ({', '.join(variants)})"
-    return {"teacher": ((0, 0.0, 0.0), TEACHER), "distill": ((1, 0.0, 0.0), DISTILLATION),
-            "student": ((3, 0.0, 0.0), STUDENT)}[record.kind]
+    return {"teacher": ((0, "", 0.0, 0.0), TEACHER), "distill": ((1, "", 0.0, 0.0), DISTILLATION),
+            "student": ((3, "", 0.0, 0.0), STUDENT)}[record.kind]
 
 
 def _cell(row: str, temperature: float, records: list[RunRecord]) -> Cell:
+    newest = {}  # One value per seed: a repeated or resumed run of a seed replaces, never adds.
+    for record in sorted(records, key=lambda record: record.start_time):
+        newest[record.seed] = record
+    records = list(newest.values())
     percents = [100.0 * record.accuracy for record in records]
     std = statistics.stdev(percents) if len(percents) > 1 else None
     return Cell(row, temperature, statistics.mean(percents), std, len(percents),
@@ -136,7 +156,8 @@ def build_tables(records: list[RunRecord]) -> list[Table]:
         # at that T (its teacher_temperature was normalised to empty, so it is the kdtf run).
         fixed_teachers = {(r.hard_label_weight, float(r.teacher_temperature)) for r in in_recipe if r.teacher_temperature}
         in_recipe += [replace(r, teacher_temperature=str(r.temperature)) for r in in_recipe
-                      if r.kind == "distill" and not r.teacher_temperature and (r.hard_label_weight, r.temperature) in fixed_teachers]
+                      if r.kind == "distill" and not r.teacher_temperature and not r.teacher
+                      and (r.hard_label_weight, r.temperature) in fixed_teachers]
         rows = dict(sorted({_row_of(record) for record in in_recipe}))
         temperatures = sorted({r.temperature for r in in_recipe if r.kind != "student"}) or [1.0]
         cells = []
@@ -159,11 +180,13 @@ def _format(cell: Cell | None) -> str:
     return f"{cell.mean:.2f}{spread} ({cell.n})"
 
 
-def render_markdown(tables: list[Table]) -> str:
+def render_markdown(tables: list[Table], version: str = "", other_versions: int = 0) -> str:
     """Render one Markdown table per recipe, with the kdtf numbers as the last two columns."""
     lines = ["# Results: test accuracy (%) on MNIST", "",
-             "Each cell is mean ± sample std (number of seeds) over finished runs, no std for one run;",
-             "kdtf columns: the original kdtf README. Run ids per cell: results.csv, results.json."]
+             "Each cell is mean ± sample std (number of seeds) over finished runs, one run per seed,",
+             "no std for one seed; kdtf columns: the original kdtf README. Run ids per cell: results.csv, results.json."]
+    if version:
+        lines.append(f"Code version `{version}`; finished runs of other code versions, not counted: {other_versions}.")
     if not tables:
         return "\n".join(lines + ["", "No finished runs yet: there is nothing to tabulate.", ""])
     for table in tables:
@@ -204,11 +227,11 @@ def _plot(tables: list[Table], path: Path) -> None:
     figure.savefig(path)
 
 
-def write_results(tables: list[Table], out_dir: Path) -> list[Path]:
-    """Write results.md, .csv, .json and .png afresh, replacing any earlier files."""
+def write_results(tables: list[Table], out_dir: Path, markdown: str | None = None) -> list[Path]:
+    """Write results.md (``markdown``, else the tables rendered), .csv, .json and .png afresh."""
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     paths = [Path(out_dir) / f"results.{suffix}" for suffix in ("md", "csv", "json", "png")]
-    paths[0].write_text(render_markdown(tables), encoding="utf-8")
+    paths[0].write_text(render_markdown(tables) if markdown is None else markdown, encoding="utf-8")
     # One row per cell (long format), the student repeated under every column as in the table.
     rows = [{"recipe": table.recipe, **asdict(cell), "run_ids": list(cell.run_ids)}
             for table in tables for cell in table.cells]
@@ -222,7 +245,10 @@ def write_results(tables: list[Table], out_dir: Path) -> list[Path]:
 
 
 def regenerate(experiment_id: str, out_dir: Path, include_run_id: str | None = None) -> str:
-    """Collect the runs, build the tables, write the four files and return the Markdown."""
-    tables = build_tables(collect_runs(experiment_id, include_run_id))
-    write_results(tables, out_dir)
-    return render_markdown(tables)
+    """Collect the runs of this code version, build the tables, write the four files, return the Markdown."""
+    version = code_version()
+    records = collect_runs(experiment_id, include_run_id)
+    tables = build_tables([record for record in records if record.code_version == version])
+    markdown = render_markdown(tables, version, sum(record.code_version != version for record in records))
+    write_results(tables, out_dir, markdown)
+    return markdown

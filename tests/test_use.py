@@ -17,7 +17,9 @@ import pytest
 from PIL import Image
 
 from kdflow import predict
-from tests.conftest import MLFLOW, free_port, serving, succeeded
+from tests.conftest import MLFLOW, SHORT_CHAMPION_URI, free_port, serving, succeeded
+
+pytestmark = pytest.mark.slow
 
 PREDICT = str(Path(sys.executable).parent / "kdflow-predict")
 
@@ -29,7 +31,7 @@ def test_images(raw_mnist):
 
 
 def champion_digits(images: np.ndarray) -> list[int]:
-    return mlflow.pyfunc.load_model(predict.DEFAULT_MODEL_URI).predict(images)["digit"].tolist()
+    return mlflow.pyfunc.load_model(SHORT_CHAMPION_URI).predict(images)["digit"].tolist()
 
 
 def write_digits(folder: Path, images: np.ndarray) -> Path:
@@ -46,7 +48,8 @@ def test_predict_answers_each_file_and_names_the_bad_ones(store, test_images, tm
     (folder / "notes.png").write_text("not a picture")
     np.save(folder / "small.npy", np.zeros((2, 27, 27), dtype=np.uint8))
     missing = tmp_path / "missing.png"
-    process = subprocess.run([PREDICT, "--json", str(folder), str(missing)], env=store.env, capture_output=True, text=True)
+    command = [PREDICT, "--json", "--model_uri", SHORT_CHAMPION_URI, str(folder), str(missing)]
+    process = subprocess.run(command, env=store.env, capture_output=True, text=True)
     assert process.returncode == 1, process.stderr[-3000:]
     answers = [json.loads(line) for line in process.stdout.splitlines()]
     errors = {Path(answer["file"]).name: answer["error"] for answer in answers if "error" in answer}
@@ -63,7 +66,7 @@ def test_predict_answers_each_file_and_names_the_bad_ones(store, test_images, tm
 
 def test_predict_entry_point_keeps_its_answers_in_the_run(store, test_images, tmp_path):
     folder = write_digits(tmp_path / "digits", test_images)
-    process = succeeded(store.run("predict", images=folder))
+    process = succeeded(store.run("predict", images=folder, model_uri=SHORT_CHAMPION_URI))
     assert f"{folder / 'digit00.png'}: " in process.stdout
     (run,) = store.runs("predict")
     answers = mlflow.artifacts.load_dict(f"{run.info.artifact_uri}/predictions.json")
@@ -73,6 +76,10 @@ def test_predict_entry_point_keeps_its_answers_in_the_run(store, test_images, tm
 
     process = store.run("predict", images=folder, model_uri="models:/nope@champion")
     assert process.returncode != 0 and "kdflow predict: error: model_uri" in process.stderr
+    # With no champion of kdtf's setup yet, the default says so and names the champions there are.
+    process = subprocess.run([PREDICT, str(folder)], env=store.env, capture_output=True, text=True)
+    assert process.returncode == 2 and "'models:/kd-student@champion' does not resolve" in process.stderr
+    assert f"kd-student has the aliases: {SHORT_CHAMPION_URI.rsplit('@', 1)[1]}" in process.stderr
     assert len(store.runs("predict", status="FAILED")) == 1
     assert store.runs("predict", status="RUNNING") == []
 
@@ -108,7 +115,7 @@ def post(url: str, body: dict) -> tuple[int, dict]:
 
 def test_served_champion_answers_mlflow_json_formats(store, test_images):
     url = f"http://127.0.0.1:{free_port()}"
-    command = [MLFLOW, "models", "serve", "-m", predict.DEFAULT_MODEL_URI, "--env-manager", "local",
+    command = [MLFLOW, "models", "serve", "-m", SHORT_CHAMPION_URI, "--env-manager", "local",
                "-h", "127.0.0.1", "-p", url.rsplit(":", 1)[1]]
     images = test_images[:5]
     expected = champion_digits(images)

@@ -1,0 +1,104 @@
+"""Real faults in the middle of a run: none may leave a run FINISHED, reused or counted.
+
+Each test has a store of its own, so it passes alone and in any order. After each fault the run is
+not FINISHED, has no run key (so no lookup reuses it and no table counts it), and says why.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import mlflow
+import pytest
+
+from kdflow import config, data, tracking
+from tests.conftest import MLFLOW, ROOT, ProjectStore
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def own_store(tmp_path, fetched_mnist, monkeypatch) -> ProjectStore:
+    store = ProjectStore(tmp_path, fetched_mnist[1])
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store.uri)
+    return store
+
+
+def entry_point(store: ProjectStore, kind: str, *arguments: str) -> subprocess.CompletedProcess:
+    """The entry point's script run directly (as `mlflow run` does), in the store's folder."""
+    command = [sys.executable, str(ROOT / "entrypoints" / f"{kind}.py"), *arguments]
+    return subprocess.run(command, cwd=store.folder, env=store.env, capture_output=True, text=True, timeout=600)
+
+
+def assert_failed_and_never_reused(run, kind: str, statuses: set[str], error: str) -> None:
+    assert run.info.status in statuses
+    assert error in run.data.tags[tracking.ERROR_TAG]
+    assert tracking.RUN_KEY_TAG not in run.data.tags
+    params = {name: value for name, value in run.data.params.items() if name in config.KIND_PARAMETERS[kind]}
+    parsed = config.parse_args(kind, [f"--{name}={value}" for name, value in params.items()])
+    assert tracking.find_finished_run(kind, parsed, data.DATASET_DIGESTS["mnist"], run.info.experiment_id) is None
+
+
+def test_a_diverging_loss_fails_the_run_naming_the_parameter(own_store):
+    process = entry_point(own_store, "student", "--num_steps", "20", "--eval_every", "10", "--learning_rate", "1e38")
+    assert process.returncode == 2, process.stderr[-3000:]
+    assert "kdflow student: error: the training loss is nan by step 10" in process.stderr
+    (run,) = own_store.runs("student", status="FAILED")
+    assert_failed_and_never_reused(run, "student", {"FAILED"}, "learning_rate (1e+38)")
+    assert mlflow.MlflowClient().search_model_versions("name = 'kd-student'") == []
+
+
+def test_a_full_artifact_disk_fails_the_run_and_the_next_run_trains_again(own_store, tmp_path):
+    """The artifact store is a 64 KiB tmpfs, already full: the model cannot be stored, nor error.txt."""
+    artifacts = tmp_path / "mlruns"
+    artifacts.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(artifacts)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.strip()}")
+    try:
+        filler = os.open(artifacts / "filler", os.O_WRONLY | os.O_CREAT)
+        try:
+            with pytest.raises(OSError, match="No space left"):
+                while True:
+                    os.write(filler, b"\0" * 4096)
+        finally:
+            os.close(filler)
+        arguments = ("--num_steps", "20", "--eval_every", "10")
+        process = entry_point(own_store, "student", *arguments)
+        assert process.returncode != 0
+        assert "could not store error.txt" in process.stderr  # The failure path itself met the fault.
+        (run,) = own_store.runs("student", status="FAILED")
+        assert_failed_and_never_reused(run, "student", {"FAILED"}, "No space left on device")
+    finally:
+        subprocess.run(["umount", str(artifacts)], check=True)
+    # With room again, the same parameters train again and finish.
+    retried = entry_point(own_store, "student", *arguments)
+    assert retried.returncode == 0, retried.stderr[-3000:]
+    (finished,) = own_store.runs("student")
+    assert finished.info.run_id != run.info.run_id and tracking.RUN_KEY_TAG in finished.data.tags
+
+
+@pytest.mark.parametrize("stop", ["Ctrl-C", "kill"])
+def test_stopping_mlflow_run_ends_the_run_killed(own_store, stop):
+    """Ctrl-C reaches `mlflow run` and its job together; `kill` reaches `mlflow run` alone."""
+    command = [MLFLOW, "run", str(ROOT), "-e", "teacher", "--env-manager", "local",
+               "-P", "num_steps=100000", "-P", "eval_every=10"]
+    process = subprocess.Popen(command, cwd=own_store.folder, env=own_store.env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    for line in process.stdout:  # Wait until it is really training.
+        if line.startswith("step 10:"):
+            break
+    if stop == "Ctrl-C":
+        os.killpg(process.pid, signal.SIGINT)
+    else:
+        process.send_signal(signal.SIGTERM)
+    process.wait(timeout=60)
+    deadline = time.monotonic() + 60
+    while own_store.runs("teacher", status="RUNNING") and time.monotonic() < deadline:
+        time.sleep(1)
+    (run,) = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    # The job ends its run KILLED; `mlflow run`, seeing its job stopped, may mark it FAILED first.
+    assert_failed_and_never_reused(run, "teacher", {"KILLED", "FAILED"}, "KeyboardInterrupt")
+    assert mlflow.MlflowClient().get_metric_history(run.info.run_id, "validation_accuracy")  # Kept.

@@ -1,0 +1,72 @@
+"""The champion alias: per dataset and setup, and right when many runs finish at once.
+
+Several processes register a version each against a real `mlflow server` on 127.0.0.1 and crown
+the champion at the same moment, as trials of a sweep finishing together would.
+"""
+
+import os
+import subprocess
+import sys
+import time
+
+import mlflow
+import pytest
+
+from kdflow import registry
+from kdflow.config import DEFAULTS, Config
+from tests.conftest import MLFLOW, free_port, serving
+
+pytestmark = pytest.mark.slow
+
+PROMOTE = """
+import sys, time
+import mlflow
+from kdflow import registry
+name, setup, alias, accuracy, source, start_at = sys.argv[1:]
+client = mlflow.MlflowClient()
+time.sleep(max(0.0, float(start_at) - time.time()))  # Start together.
+version = client.create_model_version(name, source=source, run_id=source.split("/")[1]).version
+client.set_model_version_tag(name, version, registry.SETUP_TAG, setup)
+client.set_model_version_tag(name, version, registry.VALIDATION_ACCURACY_TAG, accuracy)
+print(version, registry.crown_champion(name, setup, alias))
+"""
+
+
+def test_names_and_aliases_keep_datasets_and_setups_apart():
+    assert registry.registered_name("distill", "mnist") == "kd-student"
+    assert registry.registered_name("student", "fashion_mnist") == "kd-student-fashion-mnist"
+    assert registry.registered_name("teacher", "fashion_mnist") == "kd-teacher-fashion-mnist"
+    assert registry.champion_alias(DEFAULTS) == registry.champion_alias(Config(dataset="fashion_mnist")) == "champion"
+    short = Config(num_steps=40, eval_every=20, learning_rate=0.0005)
+    assert registry.champion_alias(short) == "champion-steps40-batch128-lr0_0005-every20"
+
+
+def test_many_runs_finishing_at_once_leave_the_best_champion(tmp_path, monkeypatch):
+    uri = f"http://127.0.0.1:{free_port()}"
+    command = [MLFLOW, "server", "--host", "127.0.0.1", "--port", uri.rsplit(":", 1)[1], "--workers", "1",
+               "--backend-store-uri", f"sqlite:///{tmp_path}/mlflow.db", "--artifacts-destination", str(tmp_path / "art")]
+    with serving(command, f"{uri}/health"):
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+        client = mlflow.MlflowClient()
+        client.create_registered_model("kd-student")
+        with mlflow.start_run() as run:
+            mlflow.log_text("a stand-in: the registry does not read it", "model/MLmodel")
+        source = f"runs:/{run.info.run_id}/model"
+        setup, alias = DEFAULTS.setup(), registry.CHAMPION
+        accuracies = [0.90, 0.95, 0.91, 0.93, 0.97, 0.92, 0.94, 0.96]
+        start_at = str(time.time() + 20)  # Time enough for every process to import MLflow first.
+
+        def promote(setup, alias, accuracy):
+            command = [sys.executable, "-c", PROMOTE, "kd-student", setup, alias, str(accuracy), source, start_at]
+            return subprocess.Popen(command, env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+        processes = [promote(setup, alias, accuracy) for accuracy in accuracies]
+        # A better student of another setup at the same moment: it must not take this setup's alias.
+        processes.append(promote(Config(num_steps=40).setup(), "champion-other", 0.99))
+        for process in processes:
+            _, errors = process.communicate(timeout=300)
+            assert process.returncode == 0, errors[-3000:]
+        champion = client.get_model_version_by_alias("kd-student", alias)
+        assert float(champion.tags[registry.VALIDATION_ACCURACY_TAG]) == max(accuracies)
+        assert float(client.get_model_version_by_alias("kd-student", "champion-other").tags[
+            registry.VALIDATION_ACCURACY_TAG]) == 0.99
