@@ -11,6 +11,8 @@ Command (about 2 minutes on 2 cores, no GPU), from the project root in the READM
    median counts, since the machine is shared and noisy.
 2. Latency of ``mlflow models serve`` over loopback: median and 99th percentile of a JSON
    ``inputs`` request of 1 image and of 100 images, one request at a time.
+3. Peak memory of ``kdflow-predict`` answering 1,000 and 100,000 images from a ``.npy`` file:
+   it should stay flat, since files are read and answered a chunk at a time.
 
 The student is trained for a few steps into a throw-away store: speed does not depend on weights.
 """
@@ -37,6 +39,7 @@ from kdflow.config import Config  # noqa: E402
 MODEL_URI = f"models:/kd-student@{registry.champion_alias(Config(num_steps=50, eval_every=50))}"
 REPEATS = 15
 REQUESTS = 300
+PEAK_COUNTS = (1_000, 100_000)
 
 
 def median_seconds(function, repeats: int = REPEATS) -> float:
@@ -100,6 +103,17 @@ def serve(env: dict, port: int) -> subprocess.Popen:
     raise RuntimeError("mlflow models serve did not start")
 
 
+def predict_peak_mib(images: np.ndarray, count: int, folder: str, env: dict) -> float:
+    """The peak resident memory of kdflow-predict answering ``count`` images from one .npy file."""
+    path = Path(folder) / f"images{count}.npy"
+    np.save(path, np.resize(images, (count, 28, 28)))
+    command = [str(Path(sys.executable).parent / "kdflow-predict"), "--model_uri", MODEL_URI, str(path)]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _, status, usage = os.wait4(process.pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, command
+    return usage.ru_maxrss / 1024
+
+
 def main() -> None:
     from kdflow import data
 
@@ -114,6 +128,7 @@ def main() -> None:
             cwd=folder, env=env, check=True, capture_output=True,
         )
         speeds = throughput(images)
+        peaks = {count: predict_peak_mib(images, count, folder, env) for count in PEAK_COUNTS}
         port = free_port()
         server = serve(env, port)
         try:
@@ -128,6 +143,10 @@ def main() -> None:
     print(f"Keras model.predict, default batches of 32: {speeds['keras_batch_32']:,.0f} images/s")
     print(f"mlflow models serve, batch of 1: median {single[0]:.1f} ms, p99 {single[1]:.1f} ms ({REQUESTS} requests)")
     print(f"mlflow models serve, batch of 100: median {hundred[0]:.1f} ms, p99 {hundred[1]:.1f} ms ({REQUESTS} requests)")
+    small, large = PEAK_COUNTS
+    print(f"kdflow-predict peak memory: {peaks[small]:.0f} MiB for {small:,} images, {peaks[large]:.0f} MiB for {large:,} "
+          f"({large * 784 / 2**20:.0f} MiB of bytes): x{peaks[large] / peaks[small]:.2f} (flat: the images are read, "
+          "checked and answered 10,000 at a time)")
 
 
 if __name__ == "__main__":

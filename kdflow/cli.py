@@ -10,8 +10,10 @@ import json
 import os
 import signal
 import sys
+import tempfile
 import threading
 import time
+from pathlib import Path
 
 import mlflow
 
@@ -96,22 +98,35 @@ def predict_main(argv: list[str] | None = None) -> int:
     return exit_status("predict", lambda: _predict(arguments))
 
 
+def _answer_line(answer: dict, as_json: bool) -> str:
+    if as_json:
+        return json.dumps(answer)
+    if "error" in answer:
+        return f"{answer['file']}: error: {answer['error']}"
+    return f"{answer['file']}: {answer['digit']} (probability {answer['probability']:.3f})"
+
+
 def _predict(arguments: argparse.Namespace) -> None:
     # Started by `mlflow run`, which opened a run for it: record the answers in that run.
     started_by_mlflow_run = "MLFLOW_RUN_ID" in os.environ
     with runs.tracked_run("predict") if started_by_mlflow_run else contextlib.nullcontext():
         files = predict.expand(arguments.images)
-        answers = predict.predict_files(predict.load_model(arguments.model_uri), files)
-        for answer in answers:
-            if arguments.json:
-                print(json.dumps(answer))
-            elif "error" in answer:
-                print(f"{answer['file']}: error: {answer['error']}")
-            else:
-                print(f"{answer['file']}: {answer['digit']} (probability {answer['probability']:.3f})")
-        if started_by_mlflow_run:
-            runs.name_run("predict", f"Answers of `{arguments.model_uri}` for {len(files)} files: predictions.json.")
-            mlflow.log_dict(answers, "predictions.json")
-        failed = [answer["file"] for answer in answers if "error" in answer]
+        model = predict.load_model(arguments.model_uri)
+        count, failed = 0, []
+        with tempfile.TemporaryDirectory() as folder:
+            # Answers are printed, and recorded as one JSON list, as they come: none is held back.
+            record_path = Path(folder) / "predictions.json"
+            with record_path.open("w", encoding="utf-8") as record:
+                record.write("[")
+                for answer in predict.predict_files(model, files):
+                    record.write(("," if count else "") + "\n" + json.dumps(answer))
+                    count += 1
+                    if "error" in answer:
+                        failed.append(answer["file"])
+                    print(_answer_line(answer, arguments.json))
+                record.write("\n]\n")
+            if started_by_mlflow_run:
+                runs.name_run("predict", f"Answers of `{arguments.model_uri}` for {len(files)} files: predictions.json.")
+                mlflow.log_artifact(str(record_path))
         if failed:
-            raise runs.PartlyFailed(f"{len(failed)} of {len(answers)} files could not be read: {', '.join(failed)}")
+            raise runs.PartlyFailed(f"{len(failed)} of {count} files could not be read: {', '.join(failed)}")

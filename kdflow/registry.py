@@ -38,8 +38,13 @@ SIGNATURE = ModelSignature(
 MODEL_REQUIREMENTS = ("mlflow", "cloudpickle", "tensorflow", "keras", "numpy", "pandas")
 
 
-def images_to_pixels(images) -> np.ndarray:
-    """Check raw images and turn them into (N, 28, 28) float32 pixels in [0, 1]."""
+# Images per network call: a request of any size is answered in chunks of this many, so the
+# pixels and activations in memory stay bounded (only the answers grow with the request).
+CHUNK = 10_000
+
+
+def shaped_images(images) -> np.ndarray:
+    """Raw images as (N, 28, 28) in their own dtype, integers or floats; wrong shapes refused."""
     images = np.asarray(images)
     if images.ndim == 2 and images.shape[1] == 28 * 28:
         images = images.reshape(-1, 28, 28)
@@ -48,14 +53,22 @@ def images_to_pixels(images) -> np.ndarray:
             f"images must be shaped (N, 28, 28) or (N, 784), got {images.shape}",
             error_code=INVALID_PARAMETER_VALUE,
         )
+    if not (np.issubdtype(images.dtype, np.integer) or np.issubdtype(images.dtype, np.floating)):
+        raise MlflowException(
+            f"images must be integers 0-255 or floats 0-1, got dtype {images.dtype}", INVALID_PARAMETER_VALUE
+        )
+    return images
+
+
+def images_to_pixels(images) -> np.ndarray:
+    """Check raw images and turn them into (N, 28, 28) float32 pixels in [0, 1]."""
+    images = shaped_images(images)
     if np.issubdtype(images.dtype, np.integer):
         if images.size and (images.min() < 0 or images.max() > 255):
             raise MlflowException("integer images must hold 0-255 pixel values", INVALID_PARAMETER_VALUE)
         return images.astype(np.float32) / 255.0
-    if not np.issubdtype(images.dtype, np.floating):
-        raise MlflowException(
-            f"images must be integers 0-255 or floats 0-1, got dtype {images.dtype}", INVALID_PARAMETER_VALUE
-        )
+    if not np.isfinite(images).all():  # NaN compares false with every bound below.
+        raise MlflowException("images must not hold NaN or infinite pixels", INVALID_PARAMETER_VALUE)
     if images.size and (images.min() < 0.0 or images.max() > 1.0):
         raise MlflowException(
             "float images must hold pixels in [0, 1]; send 0-255 values as integers", INVALID_PARAMETER_VALUE
@@ -77,7 +90,11 @@ class DigitClassifier(mlflow.pyfunc.PythonModel):
         self.keras_model = keras.saving.load_model(context.artifacts["keras_model"])
 
     def predict(self, context, model_input, params=None) -> pd.DataFrame:
-        logits = np.asarray(self.keras_model(images_to_pixels(model_input), training=False))
+        images = shaped_images(model_input)
+        logits = np.concatenate([
+            np.asarray(self.keras_model(images_to_pixels(images[start : start + CHUNK]), training=False))
+            for start in range(0, max(len(images), 1), CHUNK)  # One call even for no images.
+        ])
         probabilities = _softmax(logits.astype(np.float64))
         return pd.DataFrame({"digit": probabilities.argmax(axis=1), "probabilities": list(probabilities)})
 

@@ -20,6 +20,7 @@ import os
 import socket
 import threading
 import time
+import urllib.parse
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -162,16 +163,33 @@ def plan(sweep: SweepConfig, recipe: dict) -> list[list[Trial]]:
 
 
 def absolute_tracking_uri() -> str:
-    """The tracking URI with a relative SQLite path made absolute: trials run in other folders."""
+    """The tracking URI with a relative SQLite path made absolute: trials run in other folders.
+
+    It travels in Ray Tune's parameter space, which Tune writes to its results folder, so it may
+    not hold credentials: those come from MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD.
+    """
     uri = mlflow.get_tracking_uri()
+    if urllib.parse.urlsplit(uri).password is not None:
+        raise ValueError(
+            "MLFLOW_TRACKING_URI holds a password; set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD "
+            "instead, so that it is never written into Ray Tune's results"
+        )
     prefix = "sqlite:///"
     if uri.startswith(prefix) and not uri[len(prefix) :].startswith("/"):
         return prefix + str(Path(uri[len(prefix) :]).resolve())
     return uri
 
 
+# The tracking server's credentials, which every trial needs and no record may show.
+CREDENTIALS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
+
+
 def connect(address: str) -> list[dict]:
-    """Join the Ray cluster at ``address`` (empty: start a local one); return its live nodes."""
+    """Join the Ray cluster at ``address`` (empty: start a local one); return its live nodes.
+
+    The tracking server's credentials reach the trials in the job's environment (Ray's
+    runtime_env), never in Tune's parameter space, which Tune writes to disk.
+    """
     import ray
 
     if address and address != "auto" and not address.startswith("ray://"):
@@ -181,8 +199,9 @@ def connect(address: str) -> list[dict]:
             socket.create_connection((host, int(port)), timeout=10).close()
         except (OSError, ValueError) as error:
             raise ValueError(f"address: no Ray cluster answers at {address} ({error})") from None
+    credentials = {name: os.environ[name] for name in CREDENTIALS if name in os.environ}
     try:
-        ray.init(address=address or None)
+        ray.init(address=address or None, runtime_env={"env_vars": credentials} if credentials else None)
     except ConnectionError as error:
         raise ValueError(f"address: cannot join a Ray cluster at {address} ({error})") from None
     return [node for node in ray.nodes() if node["Alive"]]

@@ -100,8 +100,8 @@ def succeeded(process: subprocess.CompletedProcess) -> subprocess.CompletedProce
 
 
 def run_id_of(process: subprocess.CompletedProcess) -> str:
-    """The run that an `mlflow run` made, as it reports it."""
-    return re.search(r"=== Run \(ID '(\w+)'\) succeeded ===", process.stderr).group(1)
+    """The run that an `mlflow run` made, as it reports it (last: runs it started report first)."""
+    return re.findall(r"=== Run \(ID '(\w+)'\) succeeded ===", process.stderr)[-1]
 
 
 @pytest.fixture(scope="session")

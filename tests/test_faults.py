@@ -9,12 +9,13 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 
 import mlflow
 import pytest
 
 from kdflow import config, data, tracking
-from tests.conftest import MLFLOW, ROOT, ProjectStore
+from tests.conftest import MLFLOW, ROOT, ProjectStore, free_port, serving
 
 pytestmark = pytest.mark.slow
 
@@ -78,6 +79,51 @@ def test_a_full_artifact_disk_fails_the_run_and_the_next_run_trains_again(own_st
     assert retried.returncode == 0, retried.stderr[-3000:]
     (finished,) = own_store.runs("student")
     assert finished.info.run_id != run.info.run_id and tracking.RUN_KEY_TAG in finished.data.tags
+
+
+def test_a_tracking_server_killed_mid_run_and_restarted_leaves_the_run_failed(fetched_mnist, tmp_path, monkeypatch):
+    """The server dies while a run trains, and is back before the run's process exits.
+
+    MLflow's client retries a request for 60 seconds here (4 + 8 + 16 + 32 s between five retries):
+    the run's next metrics fail after that window, and the server is back during the next one,
+    while the run records its failure; that record must end it FAILED, never FINISHED.
+    """
+    uri = f"http://127.0.0.1:{free_port()}"
+    command = [MLFLOW, "server", "--host", "127.0.0.1", "--port", uri.rsplit(":", 1)[1], "--workers", "1",
+               "--backend-store-uri", f"sqlite:///{tmp_path}/mlflow.db", "--artifacts-destination", str(tmp_path / "art")]
+    retries = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "5", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "2",
+               "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0"}
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "KDFLOW_CACHE_DIR": str(fetched_mnist[1]), **retries}
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_until_ready(uri, server)
+        job = subprocess.Popen(
+            [sys.executable, str(ROOT / "entrypoints" / "student.py"), "--num_steps", "1000000", "--eval_every", "10"],
+            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for line in job.stdout:  # Wait until it is really training.
+            if line.startswith("step 10:"):
+                break
+    finally:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
+    time.sleep(70)  # The failing request's retries are spent; the run is recording its failure.
+    with serving(command, f"{uri}/health"):
+        output, _ = job.communicate(timeout=300)
+        assert job.returncode != 0, output[-3000:]
+        (run,) = mlflow.search_runs(search_all_experiments=True, output_format="list")
+        assert_failed_and_never_reused(run, "student", {"FAILED"}, "MlflowException")
+
+
+def wait_until_ready(uri: str, server: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 180
+    while True:
+        try:
+            urllib.request.urlopen(f"{uri}/health", timeout=2)
+            return
+        except OSError:
+            assert server.poll() is None and time.monotonic() < deadline, "the tracking server did not start"
+            time.sleep(1)
 
 
 @pytest.mark.parametrize("stop", ["Ctrl-C", "kill"])

@@ -5,6 +5,7 @@ wrong); every check compares against that same model called directly, not agains
 """
 
 import json
+import os
 import subprocess
 import sys
 import urllib.error
@@ -84,20 +85,70 @@ def test_predict_entry_point_keeps_its_answers_in_the_run(store, test_images, tm
     assert store.runs("predict", status="RUNNING") == []
 
 
+def test_predict_refuses_what_it_cannot_safely_read_and_answers_the_rest(store, test_images, tmp_path):
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    Image.fromarray(test_images[0]).save(folder / "good.png")
+    # A 12,000 x 12,000 page is a small PNG file but would decode to 144 million pixels.
+    Image.new("L", (12_000, 12_000), 255).save(folder / "huge.png")
+    Image.fromarray(test_images[1]).save(folder / "gif-inside.png", format="GIF")  # Only PNG and JPEG are decoded.
+    Image.fromarray(test_images[2]).save(tmp_path / "drawing.eps")  # EPS would start Ghostscript.
+    np.save(folder / "nan.npy", np.full((2, 28, 28), np.nan, dtype=np.float32))
+    np.savez(folder / "archive.npz", images=test_images[:2])
+    (folder / "archive.npz").rename(folder / "archive.npy")  # A zip archive under a .npy name.
+    command = [PREDICT, "--json", "--model_uri", SHORT_CHAMPION_URI, str(folder), str(tmp_path / "drawing.eps")]
+    process = subprocess.run(command, env=store.env, capture_output=True, text=True)
+    assert process.returncode == 1, process.stderr[-3000:]
+    answers = {Path(answer["file"]).name: answer for answer in map(json.loads, process.stdout.splitlines())}
+    assert answers["good.png"]["digit"] == champion_digits(test_images[:1])[0]
+    assert "12000 x 12000 pixels" in answers["huge.png"]["error"]
+    assert "not an image (PNG or JPEG)" in answers["gif-inside.png"]["error"]
+    assert "not an image (PNG or JPEG)" in answers["drawing.eps"]["error"]
+    assert "NaN" in answers["nan.npy"]["error"] and "not a readable .npy array" in answers["archive.npy"]["error"]
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    process = subprocess.run([PREDICT, "--model_uri", SHORT_CHAMPION_URI, str(empty)], env=store.env, capture_output=True, text=True)
+    assert process.returncode == 2 and f"images: {empty} holds no PNG, JPEG or .npy file" in process.stderr
+
+
+def peak_memory_mib(command: list[str], env: dict) -> float:
+    """The largest resident size the process reached, as the kernel accounts it."""
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(process.pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, process.stderr.read()[-3000:]
+    return usage.ru_maxrss / 1024
+
+
+def test_predict_memory_stays_flat_as_the_input_grows(store, test_images, tmp_path):
+    """1,000 and 100,000 images (78 MB of bytes, 314 MB as float pixels): the same peak, give or take."""
+    peaks = {}
+    for count in (1_000, 100_000):
+        path = tmp_path / f"images{count}.npy"
+        np.save(path, np.resize(test_images, (count, 28, 28)))
+        peaks[count] = peak_memory_mib([PREDICT, "--model_uri", SHORT_CHAMPION_URI, str(path)], store.env)
+    assert peaks[100_000] - peaks[1_000] < 60, peaks
+
+
+def read_all(path: Path) -> np.ndarray:
+    count, read = predict.read_images(path)
+    return read(0, count)
+
+
 def test_pictures_become_mnist_digits(test_images, tmp_path):
     # A large photo-like JPEG of a dark digit on light paper comes back close to the MNIST original.
     similarities = []
     for index, image in enumerate(test_images[:20]):
         path = tmp_path / f"large{index}.jpg"
         Image.fromarray(255 - image).resize((280, 280), Image.Resampling.BILINEAR).convert("RGB").save(path)
-        (digit,) = predict.read_images(path)
+        (digit,) = read_all(path)
         similarities.append(np.corrcoef(digit.ravel(), image.ravel())[0, 1])
     assert np.mean(similarities) > 0.9, similarities
     # Black ink on a transparent page is read as if the page were white.
     ink = Image.new("RGBA", (28, 28), "black")
     ink.putalpha(Image.fromarray(test_images[0]))
     ink.save(tmp_path / "transparent.png")
-    (digit,) = predict.read_images(tmp_path / "transparent.png")
+    (digit,) = read_all(tmp_path / "transparent.png")
     assert np.abs(digit - test_images[0] / 255.0).max() < 0.01
     Image.new("L", (50, 50), 255).save(tmp_path / "blank.png")
     with pytest.raises(ValueError, match="blank"):
@@ -134,3 +185,5 @@ def test_served_champion_answers_mlflow_json_formats(store, test_images):
         assert status == 400 and "got (2, 27, 27)" in answer["message"]
         status, answer = post(f"{url}/invocations", {"inputs": [["white"] * 784]})
         assert status == 400 and "integers 0-255 or floats 0-1" in answer["message"]
+        status, answer = post(f"{url}/invocations", {"inputs": [[float("nan")] * 784]})  # Python's JSON says NaN.
+        assert status == 400 and "NaN or infinite" in answer["message"]
