@@ -37,11 +37,13 @@ NODE_TAG = "kdflow.ray_node_id"
 WORKER_PID_TAG = "kdflow.worker_pid"
 RESUMED_TAG = "kdflow.resumed_sweep"
 HEARTBEAT_TAG = "kdflow.heartbeat"  # When a running sweep last said it was alive (seconds since the epoch).
-HEARTBEAT_SECONDS = 10
+HEARTBEAT_SECONDS = 5
 DEAD_AFTER_SECONDS = 3 * HEARTBEAT_SECONDS  # Three beats missed: the sweep's driver is gone.
 MAX_FAILURES = 2  # Ray Tune retries a trial whose worker died this many times.
 # Where and how the trials run, not what they train: a sweep resumed with other resources is the same sweep.
 NOT_IDENTITY = ("address", "cpus_per_trial", "gpus_per_trial", "resume")
+# The tracking server's credentials, which every trial needs and no record may show.
+CREDENTIALS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
 # A sweep takes the recipe of the core kinds (not one temperature, seed or teacher: it spans them).
 RECIPE_PARAMETERS = tuple(name for name in KIND_PARAMETERS["distill"] if name not in ("temperature", "seed", "teacher"))
 
@@ -178,10 +180,6 @@ def absolute_tracking_uri() -> str:
     if uri.startswith(prefix) and not uri[len(prefix) :].startswith("/"):
         return prefix + str(Path(uri[len(prefix) :]).resolve())
     return uri
-
-
-# The tracking server's credentials, which every trial needs and no record may show.
-CREDENTIALS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
 
 
 def connect(address: str) -> list[dict]:

@@ -9,6 +9,7 @@ import hashlib
 import os
 import pickle
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -126,6 +127,23 @@ def store(project_store, monkeypatch) -> ProjectStore:
     """The session's project store, with this test's MLflow calls pointed at it."""
     monkeypatch.setenv("MLFLOW_TRACKING_URI", project_store.uri)
     return project_store
+
+
+def install_debian_package(package: str, installs: Path) -> str | None:
+    """Install a Debian package that provides ``installs`` if it is missing (tests need root for
+    it, as CI has); return None when it is there, else the reason it cannot be installed."""
+    if installs.exists():
+        return None
+    if shutil.which("apt-get") is None or os.geteuid() != 0:
+        return f"{package} is not installed and apt-get (as root) is not available to install it"
+    install = ["apt-get", "install", "--yes", "--no-install-recommends", package]
+    process = subprocess.run(install, capture_output=True, text=True)
+    if process.returncode != 0:  # A fresh machine may have no package lists yet.
+        subprocess.run(["apt-get", "update"], capture_output=True)
+        process = subprocess.run(install, capture_output=True, text=True)
+    if process.returncode != 0 or not installs.exists():
+        return f"apt-get could not install {package}: {process.stderr.strip()[-500:]}"
+    return None
 
 
 def free_port() -> int:

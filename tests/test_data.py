@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from kdflow import data
-from tests.conftest import refuse_keras
+from tests.conftest import install_debian_package, refuse_keras
 
 MNIST_DIGEST = "06b0d1f124c4e5fa796686ade41a9b778edacc8622f2195a352ef479ad44fc16"
 FASHION_MNIST_DIGEST = "ca3ab2a37f845e1b8ae23cab1b51749a3011ba3bf1d9016176d75cbaabac376f"
@@ -276,9 +276,10 @@ def test_fashion_mnist_without_any_source_says_how_to_supply_it(offline_cache, m
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 
-@pytest.mark.skipif(not DEBIAN_DIR.is_dir(), reason="Debian package dataset-fashion-mnist is not installed "
-                    "(apt-get install dataset-fashion-mnist)")
 def test_fashion_mnist_from_debian(offline_cache):
+    reason = install_debian_package("dataset-fashion-mnist", DEBIAN_DIR)
+    if reason:
+        pytest.skip(reason)
     splits = data.load_dataset("fashion_mnist")
     assert splits.source == f"debian package dataset-fashion-mnist: {DEBIAN_DIR}"
     assert splits.digest == FASHION_MNIST_DIGEST

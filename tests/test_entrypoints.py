@@ -158,7 +158,8 @@ def test_cached_and_online_teacher_signal_agree(store, fetched_mnist):
         ({"temperature": "-1"}, "temperature"),
         ({"num_steps": "0"}, "num_steps"),
         ({"teacher": "models:/nope/1"}, "teacher"),
-        ({"teacher": "models:/kd-student/1"}, "teacher"),  # Resolves, but stored no teacher logits.
+        ({"teacher": "models:/kd-student/1"}, "teacher"),  # Resolves, but is a student.
+        ({"teacher": "file:///nowhere/model"}, "teacher"),
     ],
 )
 def test_bad_input_fails_fast_and_marks_the_run_failed(store, parameters, named):

@@ -4,6 +4,7 @@ Each test has a store of its own, so it passes alone and in any order. After eac
 not FINISHED, has no run key (so no lookup reuses it and no table counts it), and says why.
 """
 
+import json
 import os
 import signal
 import subprocess
@@ -37,7 +38,8 @@ def assert_failed_and_never_reused(run, kind: str, statuses: set[str], error: st
     assert run.info.status in statuses
     assert error in run.data.tags[tracking.ERROR_TAG]
     assert tracking.RUN_KEY_TAG not in run.data.tags
-    params = {name: value for name, value in run.data.params.items() if name in config.KIND_PARAMETERS[kind]}
+    # The canonical parameters: `mlflow run` logs them as typed (an empty value as '').
+    params = json.loads(run.data.tags[tracking.PARAMS_TAG])
     parsed = config.parse_args(kind, [f"--{name}={value}" for name, value in params.items()])
     assert tracking.find_finished_run(kind, parsed, data.DATASET_DIGESTS["mnist"], run.info.experiment_id) is None
 
@@ -84,14 +86,14 @@ def test_a_full_artifact_disk_fails_the_run_and_the_next_run_trains_again(own_st
 def test_a_tracking_server_killed_mid_run_and_restarted_leaves_the_run_failed(fetched_mnist, tmp_path, monkeypatch):
     """The server dies while a run trains, and is back before the run's process exits.
 
-    MLflow's client retries a request for 60 seconds here (4 + 8 + 16 + 32 s between five retries):
+    MLflow's client retries a request for 30 seconds here (2 + 4 + 8 + 16 s between five retries):
     the run's next metrics fail after that window, and the server is back during the next one,
     while the run records its failure; that record must end it FAILED, never FINISHED.
     """
     uri = f"http://127.0.0.1:{free_port()}"
     command = [MLFLOW, "server", "--host", "127.0.0.1", "--port", uri.rsplit(":", 1)[1], "--workers", "1",
                "--backend-store-uri", f"sqlite:///{tmp_path}/mlflow.db", "--artifacts-destination", str(tmp_path / "art")]
-    retries = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "5", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "2",
+    retries = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "5", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
                "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0"}
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "KDFLOW_CACHE_DIR": str(fetched_mnist[1]), **retries}
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
@@ -107,7 +109,7 @@ def test_a_tracking_server_killed_mid_run_and_restarted_leaves_the_run_failed(fe
     finally:
         os.killpg(server.pid, signal.SIGKILL)
         server.wait()
-    time.sleep(70)  # The failing request's retries are spent; the run is recording its failure.
+    time.sleep(34)  # The failing request's retries are spent; the run is recording its failure.
     with serving(command, f"{uri}/health"):
         output, _ = job.communicate(timeout=300)
         assert job.returncode != 0, output[-3000:]
@@ -126,14 +128,15 @@ def wait_until_ready(uri: str, server: subprocess.Popen) -> None:
             time.sleep(1)
 
 
-@pytest.mark.parametrize("stop", ["Ctrl-C", "kill"])
-def test_stopping_mlflow_run_ends_the_run_killed(own_store, stop):
-    """Ctrl-C reaches `mlflow run` and its job together; `kill` reaches `mlflow run` alone."""
-    command = [MLFLOW, "run", str(ROOT), "-e", "teacher", "--env-manager", "local",
+@pytest.mark.parametrize("entry_point, stop", [("teacher", "Ctrl-C"), ("distill", "kill")])
+def test_stopping_mlflow_run_ends_the_run_killed(own_store, entry_point, stop):
+    """Ctrl-C reaches `mlflow run` and its job together; `kill` reaches `mlflow run` alone. A
+    distillation stopped while it trains its own teacher stops that nested run as well."""
+    command = [MLFLOW, "run", str(ROOT), "-e", entry_point, "--env-manager", "local",
                "-P", "num_steps=100000", "-P", "eval_every=10"]
     process = subprocess.Popen(command, cwd=own_store.folder, env=own_store.env, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    for line in process.stdout:  # Wait until it is really training.
+    for line in process.stdout:  # Wait until it (or the teacher a distillation started) is really training.
         if line.startswith("step 10:"):
             break
     if stop == "Ctrl-C":
@@ -142,9 +145,13 @@ def test_stopping_mlflow_run_ends_the_run_killed(own_store, stop):
         process.send_signal(signal.SIGTERM)
     process.wait(timeout=60)
     deadline = time.monotonic() + 60
-    while own_store.runs("teacher", status="RUNNING") and time.monotonic() < deadline:
+    while mlflow.search_runs(search_all_experiments=True, filter_string="attributes.status = 'RUNNING'",
+                             output_format="list") and time.monotonic() < deadline:
         time.sleep(1)
-    (run,) = mlflow.search_runs(search_all_experiments=True, output_format="list")
-    # The job ends its run KILLED; `mlflow run`, seeing its job stopped, may mark it FAILED first.
-    assert_failed_and_never_reused(run, "teacher", {"KILLED", "FAILED"}, "KeyboardInterrupt")
-    assert mlflow.MlflowClient().get_metric_history(run.info.run_id, "validation_accuracy")  # Kept.
+    runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    assert sorted(run.data.tags[tracking.KIND_TAG] for run in runs) == sorted({entry_point, "teacher"})
+    for run in runs:
+        # The job ends its run KILLED; `mlflow run`, seeing its job stopped, may mark it FAILED first.
+        assert_failed_and_never_reused(run, run.data.tags[tracking.KIND_TAG], {"KILLED", "FAILED"}, "KeyboardInterrupt")
+    teacher = next(run for run in runs if run.data.tags[tracking.KIND_TAG] == "teacher")
+    assert mlflow.MlflowClient().get_metric_history(teacher.info.run_id, "validation_accuracy")  # Kept.

@@ -9,14 +9,12 @@ $KDFLOW_SCREENSHOT_DIR) for a person to look at.
 
 import os
 import re
-import shutil
-import subprocess
 from pathlib import Path
 
 import mlflow
 import pytest
 
-from tests.conftest import MLFLOW, ROOT, SHORT_CHAMPION_URI, free_port, serving
+from tests.conftest import MLFLOW, ROOT, SHORT_CHAMPION_URI, free_port, install_debian_package, serving
 
 pytestmark = pytest.mark.slow
 
@@ -26,25 +24,9 @@ CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first
                   "--disable-background-networking", "--disable-component-update"]
 
 
-def install_chromium() -> str | None:
-    """Install Debian's Chromium if it is missing; the reason it cannot be, or None."""
-    if CHROMIUM.exists():
-        return None
-    if shutil.which("apt-get") is None or os.geteuid() != 0:
-        return "Chromium is not installed and apt-get (as root) is not available to install it"
-    install = ["apt-get", "install", "--yes", "--no-install-recommends", "chromium"]
-    process = subprocess.run(install, capture_output=True, text=True)
-    if process.returncode != 0:  # A fresh machine may have no package lists yet.
-        subprocess.run(["apt-get", "update"], capture_output=True)
-        process = subprocess.run(install, capture_output=True, text=True)
-    if process.returncode != 0 or not CHROMIUM.exists():
-        return f"apt-get could not install Chromium: {process.stderr.strip()[-500:]}"
-    return None
-
-
 @pytest.fixture(scope="module")
 def browser():
-    reason = install_chromium()
+    reason = install_debian_package("chromium", CHROMIUM)
     if reason:
         pytest.skip(reason)
     from playwright.sync_api import sync_playwright
