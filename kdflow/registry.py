@@ -152,7 +152,7 @@ def _best_version(client, name: str, setup: str) -> str:
     return best.version
 
 
-def crown_champion(name: str, setup: str, alias: str) -> str:
+def crown_champion(name: str, setup: str, alias: str, attempts: int = 20) -> str:
     """Point ``alias`` at the best version of ``name`` trained in ``setup``; return that version.
 
     Several runs may finish at once, and the registry has no compare-and-set, so each one sets
@@ -160,11 +160,17 @@ def crown_champion(name: str, setup: str, alias: str) -> str:
     Whoever writes last has checked after its write, so the alias ends on the best version.
     """
     client = mlflow.MlflowClient()
-    while True:
+    for _ in range(attempts):
         best = _best_version(client, name, setup)
-        client.set_registered_model_alias(name, alias, best)
+        try:
+            client.set_registered_model_alias(name, alias, best)
+        except MlflowException:
+            # MLflow creates a new alias by select-then-insert: two runs creating it at once
+            # collide (a unique-constraint error), and the next attempt finds it and updates it.
+            continue
         if _best_version(client, name, setup) == best:
             return best
+    raise RuntimeError(f"{name}@{alias}: the alias kept changing under {attempts} attempts to set it")
 
 
 def load_keras_model(model_uri: str):

@@ -129,6 +129,20 @@ def store(project_store, monkeypatch) -> ProjectStore:
     return project_store
 
 
+@pytest.fixture(scope="session")
+def cluster(fetched_mnist):
+    """A real two-node Ray cluster on this machine, a head and a worker node of one CPU each."""
+    from ray.cluster_utils import Cluster
+
+    # Nodes start from this environment: their workers read MNIST from the test session's cache.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("KDFLOW_CACHE_DIR", str(fetched_mnist[1]))
+        two_nodes = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+        two_nodes.add_node(num_cpus=1)
+        yield two_nodes
+        two_nodes.shutdown()
+
+
 def install_debian_package(package: str, installs: Path) -> str | None:
     """Install a Debian package that provides ``installs`` if it is missing (tests need root for
     it, as CI has); return None when it is there, else the reason it cannot be installed."""

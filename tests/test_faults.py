@@ -109,7 +109,7 @@ def test_a_tracking_server_killed_mid_run_and_restarted_leaves_the_run_failed(fe
     finally:
         os.killpg(server.pid, signal.SIGKILL)
         server.wait()
-    time.sleep(34)  # The failing request's retries are spent; the run is recording its failure.
+    time.sleep(32)  # The failing request's retries are spent; the run is recording its failure.
     with serving(command, f"{uri}/health"):
         output, _ = job.communicate(timeout=300)
         assert job.returncode != 0, output[-3000:]

@@ -54,7 +54,7 @@ def test_many_runs_finishing_at_once_leave_the_best_champion(tmp_path, monkeypat
         source = f"runs:/{run.info.run_id}/model"
         setup, alias = DEFAULTS.setup(), registry.CHAMPION
         accuracies = [0.90, 0.95, 0.91, 0.93, 0.97, 0.92, 0.94, 0.96]
-        start_at = str(time.time() + 20)  # Time enough for every process to import MLflow first.
+        start_at = str(time.time() + 12)  # Time enough for every process to import MLflow first.
 
         def promote(setup, alias, accuracy):
             command = [sys.executable, "-c", PROMOTE, "kd-student", setup, alias, str(accuracy), source, start_at]

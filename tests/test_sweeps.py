@@ -1,6 +1,6 @@
 """Sweeps on a real two-node Ray cluster, tracked by a real `mlflow server` on 127.0.0.1.
 
-The cluster is a head and a second worker node on this machine (ray.cluster_utils.Cluster), one
+The cluster is a head and a second worker node on this machine (conftest's ``cluster``), one
 CPU each; the tracking server keeps its runs in SQLite and proxies artifacts. Trials are short
 (40 steps): accuracy is not judged here.
 """
@@ -28,19 +28,6 @@ def tracking_server(tmp_path_factory):
                "--backend-store-uri", f"sqlite:///{folder}/mlflow.db", "--artifacts-destination", str(folder / "artifacts")]
     with serving(command, f"{uri}/health"):
         yield uri
-
-
-@pytest.fixture(scope="module")
-def cluster(fetched_mnist):
-    from ray.cluster_utils import Cluster
-
-    # Nodes start from this environment: their workers read MNIST from the test session's cache.
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("KDFLOW_CACHE_DIR", str(fetched_mnist[1]))
-        two_nodes = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
-        two_nodes.add_node(num_cpus=1)
-        yield two_nodes
-        two_nodes.shutdown()
 
 
 @pytest.fixture
@@ -113,7 +100,7 @@ def test_sweeps_that_cannot_run_are_refused_naming_the_parameter(cluster, own_ex
 def test_killed_worker_is_retried_and_nothing_is_lost(cluster, own_experiment, tmp_path):
     command_env = dict(os.environ)
     arguments = ["--address", cluster.address, "--temperatures", "3", "--seeds", "12", "--kinds", "teacher",
-                 "--num_steps", "200", "--eval_every", "20"]
+                 "--num_steps", "200", "--eval_every", "50"]
     process = subprocess.Popen([sys.executable, str(ROOT / "entrypoints" / "sweep.py"), *arguments],
                                cwd=tmp_path, env=command_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     victim = None
@@ -197,7 +184,7 @@ def test_sweep_plan_runs_teachers_first():
 def test_interrupted_sweep_resumes_without_repeating_finished_trials(cluster, own_experiment, tmp_path):
     env = dict(os.environ)
     arguments = ["--address", cluster.address, "--temperatures", "4", "--seeds", "12", "--kinds", "teacher,distill",
-                 "--num_steps", "300", "--eval_every", "20"]
+                 "--num_steps", "300", "--eval_every", "50"]
     command = [sys.executable, str(ROOT / "entrypoints" / "sweep.py"), *arguments]
     driver = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_for_training("teacher")
