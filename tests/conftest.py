@@ -129,9 +129,12 @@ def store(project_store, monkeypatch) -> ProjectStore:
     return project_store
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def cluster(fetched_mnist):
-    """A real two-node Ray cluster on this machine, a head and a worker node of one CPU each."""
+    """A real two-node Ray cluster on this machine, a head and a worker node of one CPU each.
+
+    One per module, shut down with it: while a cluster runs on a machine, Ray joins it instead of
+    starting a local one, and other modules' sweeps must get the local Ray they ask for."""
     from ray.cluster_utils import Cluster
 
     # Nodes start from this environment: their workers read MNIST from the test session's cache.

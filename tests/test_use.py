@@ -121,14 +121,14 @@ def peak_memory_mib(command: list[str], env: dict) -> float:
 
 
 def test_predict_memory_stays_flat_as_the_input_grows(store, test_images, tmp_path):
-    """1,000 and 30,000 images (24 MB of bytes, 94 MB as float pixels): the same peak, give or take.
+    """1,000 and 20,000 images (16 MB of bytes, 63 MB as float pixels): the same peak, give or take.
     (benchmarks/bench_inference.py measures 100,000.)"""
     peaks = {}
-    for count in (1_000, 30_000):
+    for count in (1_000, 20_000):
         path = tmp_path / f"images{count}.npy"
         np.save(path, np.resize(test_images, (count, 28, 28)))
         peaks[count] = peak_memory_mib([PREDICT, "--model_uri", SHORT_CHAMPION_URI, str(path)], store.env)
-    assert peaks[30_000] - peaks[1_000] < 40, peaks
+    assert peaks[20_000] - peaks[1_000] < 40, peaks
 
 
 def read_all(path: Path) -> np.ndarray:
