@@ -103,17 +103,7 @@ def test_killed_worker_is_retried_and_nothing_is_lost(cluster, own_experiment, t
                  "--num_steps", "200", "--eval_every", "50"]
     process = subprocess.Popen([sys.executable, str(ROOT / "entrypoints" / "sweep.py"), *arguments],
                                cwd=tmp_path, env=command_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    victim = None
-    deadline = time.monotonic() + 300
-    while victim is None and time.monotonic() < deadline:
-        time.sleep(2)
-        running = mlflow.search_runs(
-            filter_string="attributes.status = 'RUNNING' and tags.`kdflow.kind` = 'teacher'",
-            output_format="list",
-        )
-        if running and mlflow.MlflowClient().get_metric_history(running[0].info.run_id, "validation_accuracy"):
-            victim = running[0]
-    assert victim is not None, "no trial started training"
+    victim = wait_for_training("teacher")
     os.kill(int(victim.data.tags[sweeps.WORKER_PID_TAG]), signal.SIGKILL)
     output, _ = process.communicate(timeout=600)
     assert process.returncode == 0, output[-5000:]
@@ -213,15 +203,15 @@ def test_interrupted_sweep_resumes_without_repeating_finished_trials(cluster, ow
     assert distills == {"KILLED", "FINISHED"}
 
 
-def wait_for_training(kind: str) -> None:
-    """Return once a run of this kind in this test's experiment is training (has logged a metric)."""
+def wait_for_training(kind: str):
+    """A run of this kind in this test's experiment that is training (has logged a metric), once there is one."""
     deadline = time.monotonic() + 400
     while time.monotonic() < deadline:
         time.sleep(2)
         running = mlflow.search_runs(filter_string=f"attributes.status = 'RUNNING' and tags.`kdflow.kind` = '{kind}'",
                                      output_format="list")
         if running and mlflow.MlflowClient().get_metric_history(running[0].info.run_id, "validation_accuracy"):
-            return
+            return running[0]
     raise AssertionError(f"no {kind} run started training")
 
 
