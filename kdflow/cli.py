@@ -17,7 +17,7 @@ from pathlib import Path
 
 import mlflow
 
-from kdflow import config, predict, runs, sweeps
+from kdflow import config, predict, runs, store
 
 
 def _stop_with_parent() -> None:
@@ -33,13 +33,19 @@ def _stop_with_parent() -> None:
     threading.Thread(target=watch, name="kdflow-parent-watch", daemon=True).start()
 
 
-def exit_status(name: str, body) -> int:
-    """Run an entry point's body and turn its outcome into a message and an exit status."""
+def exit_status(name: str, body, uses_store: bool = True) -> int:
+    """Run an entry point's body and turn its outcome into a message and an exit status.
+
+    A body that uses the tracking store gets it set up first (``store.prepare``), so that commands
+    and trials started together on one SQLite file do not fail.
+    """
     # `kill` and Ray stop workers with SIGTERM; treat it like Ctrl-C so the run ends KILLED.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     if "MLFLOW_RUN_ID" in os.environ:
         _stop_with_parent()
     try:
+        if uses_store:
+            store.prepare()
         body()
     except ValueError as error:
         print(f"kdflow {name}: error: {error}", file=sys.stderr)
@@ -69,6 +75,8 @@ def main(kind: str, argv: list[str]) -> int:
 
 def sweep_main(argv: list[str]) -> int:
     """The sweep entry point: trials over a Ray cluster under one parent run; non-zero if any failed."""
+    from kdflow import sweeps  # Here, not above: importing Ray Tune would slow every other entry point.
+
     return exit_status("sweep", lambda: sweeps.run_sweep(*sweeps.parse_args(argv)))
 
 
@@ -95,7 +103,8 @@ def _predict_arguments(argv: list[str]) -> argparse.Namespace:
 def predict_main(argv: list[str] | None = None) -> int:
     """``kdflow-predict`` and the predict entry point: one answer per image file."""
     arguments = _predict_arguments(sys.argv[1:] if argv is None else argv)
-    return exit_status("predict", lambda: _predict(arguments))
+    # Outside `mlflow run` it only reads models: no store is made in whatever folder it runs in.
+    return exit_status("predict", lambda: _predict(arguments), uses_store="MLFLOW_RUN_ID" in os.environ)
 
 
 def _answer_line(answer: dict, as_json: bool) -> str:

@@ -145,8 +145,9 @@ def parse_value(name: str, text: str, default):
         if text.lower() not in ("true", "false"):
             raise ValueError(f"{name} must be true or false, got {text!r}")
         return text.lower() == "true"
-    if isinstance(default, tuple):
-        return tuple(_convert(name, item.strip(), type(default[0])) for item in text.split(",") if item.strip())
+    if isinstance(default, tuple):  # An empty default holds numbers: hard_label_weights.
+        item_type = type(default[0]) if default else float
+        return tuple(_convert(name, item.strip(), item_type) for item in text.split(",") if item.strip())
     return _convert(name, text, type(default))
 
 

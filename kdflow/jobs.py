@@ -1,8 +1,10 @@
 """The training jobs: a teacher, a student, or a distilled student, each inside the active MLflow run.
 
-Each job logs, in order: the dataset, a metric line per evaluation, the final scores and the
-registered model (and, for a teacher, its logits on the training split). Naming the run, its
-parameters and the results table are the ``runs`` module's, above this one. TensorFlow is imported
+Each job takes its configuration and a callable that records each evaluation
+(``tracking.log_evaluation``; a sweep's trial also reports it to Ray Tune). It logs, in order: the
+dataset, a metric line per evaluation, the final scores and the registered model (and, for a
+teacher, its logits on the training split). Naming the run, its parameters and the results table
+are the ``runs`` module's, above this one. TensorFlow is imported
 inside the jobs, once the parameters are known to be good, so bad input fails fast.
 """
 
@@ -45,7 +47,7 @@ def _finish(kind: str, config: Config, model, result, splits) -> None:
     print(f"{kind}: test_accuracy {result.test_accuracy:.4f} (best validation step {result.best_step})")
 
 
-def _train_on_hard_labels(kind: str, config: Config, build_model, temperature: float):
+def _train_on_hard_labels(kind: str, config: Config, build_model, temperature: float, on_evaluation):
     """Train a fresh network on the labels alone at ``temperature``; return it and the data."""
     from kdflow import losses, training
 
@@ -57,16 +59,16 @@ def _train_on_hard_labels(kind: str, config: Config, build_model, temperature: f
         return losses.hard_loss(labels, model(images, training=True), temperature)
 
     batches = training.training_batches((splits.train_images, splits.train_labels), config.batch_size, config.seed)
-    result = training.train(model, objective, batches, splits, config, temperature, tracking.log_evaluation)
+    result = training.train(model, objective, batches, splits, config, temperature, on_evaluation)
     _finish(kind, config, model, result, splits)
     return model, splits
 
 
-def train_teacher(config: Config) -> None:
+def train_teacher(config: Config, on_evaluation) -> None:
     """The CNN trained at temperature T on hard labels, as kdtf did; stores its training logits."""
     from kdflow import models, training
 
-    teacher, splits = _train_on_hard_labels("teacher", config, models.build_teacher, config.temperature)
+    teacher, splits = _train_on_hard_labels("teacher", config, models.build_teacher, config.temperature, on_evaluation)
     # Every distillation run at any temperature reads these instead of running the teacher again.
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / tracking.TEACHER_LOGITS_ARTIFACT
@@ -82,9 +84,9 @@ def _build_student(config: Config):
     return models.build_student(RECIPES[config.recipe].student_initializer)
 
 
-def train_student(config: Config) -> None:
+def train_student(config: Config, on_evaluation) -> None:
     """Softmax regression on hard labels alone, at T = 1: kdtf's "student only" row."""
-    _train_on_hard_labels("student", config, lambda: _build_student(config), 1.0)
+    _train_on_hard_labels("student", config, lambda: _build_student(config), 1.0, on_evaluation)
 
 
 def _train_teacher_run(teacher_config: Config):
@@ -159,7 +161,7 @@ def cached_teacher_logits(teacher_run_id: str, data_digest: str) -> np.ndarray:
     return np.load(path)
 
 
-def distill(config: Config) -> None:
+def distill(config: Config, on_evaluation) -> None:
     """The student trained on hard labels and the teacher's soft targets at temperature T."""
     teacher_run_id, teacher_model_uri = choose_teacher(config)
     mlflow.set_tags({tracking.TEACHER_RUN_TAG: teacher_run_id, tracking.TEACHER_MODEL_TAG: teacher_model_uri})
@@ -187,7 +189,7 @@ def distill(config: Config) -> None:
             return objective(images, labels, teacher(images, training=False))
 
     batches = training.training_batches(arrays, config.batch_size, config.seed)
-    result = training.train(student, step_objective, batches, splits, config, 1.0, tracking.log_evaluation)
+    result = training.train(student, step_objective, batches, splits, config, 1.0, on_evaluation)
     _finish("distill", config, student, result, splits)
 
 

@@ -5,6 +5,7 @@ This is what people read in the MLflow UI, so it may change without making finis
 unusable for reuse: none of it is part of ``tracking.code_version``.
 """
 
+import contextlib
 import json
 import signal
 import sys
@@ -15,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
+from mlflow.exceptions import MlflowException
 
 from kdflow import results, tracking
 from kdflow.config import Config
@@ -38,18 +40,24 @@ class PartlyFailed(Exception):
     """Part of the work failed for good (sweep trials, unreadable files); the rest was done and logged."""
 
 
+class Stopped(Exception):
+    """The run was stopped before it finished on purpose (a sweep's scheduler stopping it early): KILLED."""
+
+
 def recipe_suffix(recipe: str) -> str:
     """What a run or sweep name adds for a recipe other than the original."""
     return "" if recipe == "kdtf" else f"-{recipe}"
 
 
 def run_name(kind: str, config: Config) -> str:
-    """E.g. teacher-T5-seed12, student-seed12, distill-T5-seed12, distill-T5-teacherT1-seed12-tuned."""
+    """E.g. teacher-T5-seed12, student-seed12, distill-T5-seed12, distill-T5-teacherT1-w0.5-seed12-tuned."""
     parts = [kind]
     if kind != "student":
         parts.append(f"T{config.temperature:g}")
     if kind == "distill" and config.teacher_temperature is not None:
         parts.append(f"teacherT{config.teacher_temperature:g}")
+    if kind == "distill" and config.hard_label_weight is not None:
+        parts.append(f"w{config.hard_label_weight:g}")
     parts.append(f"seed{config.seed}")
     return "-".join(parts) + (recipe_suffix(config.recipe) if kind != "teacher" else "")
 
@@ -66,10 +74,13 @@ def tracked_run(kind: str, parent_run_id=None, experiment_id=None, tags=None):
         mlflow.set_tags({tracking.KIND_TAG: kind, tracking.CODE_VERSION_TAG: tracking.code_version()})
         client = mlflow.MlflowClient()
         if EXPERIMENT_KIND_TAG not in client.get_experiment(run.info.experiment_id).tags:
-            client.set_experiment_tag(run.info.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
+            # Runs starting together may all find the tag missing; one insert wins, the others
+            # fail on its unique key, and the tag is there either way.
+            with contextlib.suppress(MlflowException):
+                client.set_experiment_tag(run.info.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
         yield run
     except BaseException as error:
-        _end_failed_run(error, "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
+        _end_failed_run(error, "KILLED" if isinstance(error, (KeyboardInterrupt, Stopped)) else "FAILED")
         raise
     mlflow.end_run("FINISHED")
 
@@ -159,13 +170,14 @@ def log_results() -> str:
     return table
 
 
-def run_job(kind: str, config: Config) -> None:
+def run_job(kind: str, config: Config, on_evaluation=tracking.log_evaluation) -> None:
     """Run one job in the active tracked run: describe it, train, print and log the results table.
 
+    ``on_evaluation`` receives each evaluation (a sweep's trial also reports it to Ray Tune).
     The run key comes last: a run that failed anywhere before it is never reused or counted.
     """
     describe_run(kind, config)
-    JOBS[kind](config)
+    JOBS[kind](config, on_evaluation)
     if kind == "distill":
         _link_teacher()
     print(log_results())

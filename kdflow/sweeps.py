@@ -1,19 +1,16 @@
-"""Sweeps: temperature and seed trials fanned out over a Ray cluster with Ray Tune.
+"""Sweeps: temperature, loss-weight and seed trials fanned out over a Ray cluster with Ray Tune.
 
-A sweep is one parent MLflow run. Teachers run first, one per temperature and seed (kdtf trains
-its teacher at T); then the standalone students (one per seed) and the distillations, each of
-which finds the teacher of its temperature and seed by the same lookup a single `distill` run
-uses. Every trial is a child MLflow run logging exactly what a standalone run of its kind logs.
-A trial that matches a FINISHED run of the experiment (same kind, parameters, code and data) is
-not trained again; that run is listed in the sweep's trial table instead.
-
-Trials are typed from end to end: the plan is a list of ``Trial(kind, Config)``, Ray Tune's
-parameter space carries them as they are, and each trial's outcome is an ``Outcome``.
+A sweep is one parent MLflow run. It plans a teacher per temperature and seed (kdtf trains its
+teacher at T), a standalone student per seed, and a distillation per temperature, loss weight
+and seed, which finds the teacher of its temperature and seed by the same lookup a single
+`distill` run uses. Every trial is a child MLflow run logging exactly what a standalone run of
+its kind logs. A trial that matches a FINISHED run of the experiment (same kind, parameters, code
+and data) is not trained again; that run is listed in the sweep's trial table instead. How the
+rest run on Ray Tune, and in what order, is ``kdflow.trials``'.
 """
 
 import contextlib
 import dataclasses
-import enum
 import json
 import math
 import os
@@ -22,37 +19,39 @@ import threading
 import time
 import urllib.parse
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
 import pandas as pd
+import ray
 
-from kdflow import runs, tracking
+from kdflow import runs, tracking, trials
 from kdflow.config import DEFAULTS, KIND_PARAMETERS, KINDS, SEED_RANGE, Config, parse_options, to_text
 from kdflow.data import DATASET_DIGESTS
+from kdflow.trials import Outcome, Trial, TrialResult
 
-TRIAL_TAG = "kdflow.trial_id"
-NODE_TAG = "kdflow.ray_node_id"
-WORKER_PID_TAG = "kdflow.worker_pid"
 RESUMED_TAG = "kdflow.resumed_sweep"
 HEARTBEAT_TAG = "kdflow.heartbeat"  # When a running sweep last said it was alive (seconds since the epoch).
 HEARTBEAT_SECONDS = 5
 DEAD_AFTER_SECONDS = 3 * HEARTBEAT_SECONDS  # Three beats missed: the sweep's driver is gone.
-MAX_FAILURES = 2  # Ray Tune retries a trial whose worker died this many times.
 # Where and how the trials run, not what they train: a sweep resumed with other resources is the same sweep.
 NOT_IDENTITY = ("address", "cpus_per_trial", "gpus_per_trial", "resume")
 # The tracking server's credentials, which every trial needs and no record may show.
 CREDENTIALS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
-# A sweep takes the recipe of the core kinds (not one temperature, seed or teacher: it spans them).
-RECIPE_PARAMETERS = tuple(name for name in KIND_PARAMETERS["distill"] if name not in ("temperature", "seed", "teacher"))
+# A sweep takes the recipe of the core kinds (not one temperature, seed, loss weight or teacher: it spans them).
+RECIPE_PARAMETERS = tuple(
+    name for name in KIND_PARAMETERS["distill"] if name not in ("temperature", "seed", "teacher", "hard_label_weight")
+)
 
 
 @dataclass(frozen=True)
 class SweepConfig:
     temperatures: tuple[float, ...] = (2.0, 5.0)  # one teacher and one distillation per T (kdtf: 2, 5)
+    hard_label_weights: tuple[float, ...] = ()  # one distillation per weight; empty: kdtf's loss (Config.hard_label_weight)
     seeds: tuple[int, ...] = (12, 13, 14)  # every trial is repeated per seed; the table shows the spread
     kinds: tuple[str, ...] = KINDS  # which kinds of trial to run: teacher, student, distill
+    scheduler: str = ""  # "": every trial runs to the end; "asha": ASHA stops weak distillations early
     address: str = ""  # Ray cluster: empty starts a local one; "auto" or "host:port" joins one
     cpus_per_trial: float = 1.0  # CPUs Ray reserves per trial; TensorFlow uses as many threads
     gpus_per_trial: float = 0.0  # GPUs per trial; fractions share a card (memory growth is on)
@@ -61,18 +60,22 @@ class SweepConfig:
     def __post_init__(self):
         if not self.temperatures or not all(math.isfinite(t) and t > 0 for t in self.temperatures):
             raise ValueError(f"temperatures must be finite numbers > 0, got {self.temperatures}")
+        if not all(0.0 <= weight <= 1.0 for weight in self.hard_label_weights):
+            raise ValueError(f"hard_label_weights must be between 0 and 1, got {to_text(self.hard_label_weights)}")
         if not self.seeds:
             raise ValueError("seeds must name at least one seed")
         unknown = set(self.kinds) - set(KINDS)
         if not self.kinds or unknown:
             raise ValueError(f"kinds must be some of {', '.join(KINDS)}, got {', '.join(self.kinds) or 'none'}")
-        for name in ("temperatures", "seeds", "kinds"):
+        for name in ("temperatures", "hard_label_weights", "seeds", "kinds"):
             # A repeated value would run the same trial twice and count one result twice.
             values = getattr(self, name)
             if len(set(values)) != len(values):
                 raise ValueError(f"{name} must not repeat a value, got {to_text(values)}")
         if not all(seed in SEED_RANGE for seed in self.seeds):
             raise ValueError(f"seeds must be integers from 0 to 2**32 - 1, got {to_text(self.seeds)}")
+        if self.scheduler not in trials.SCHEDULERS:
+            raise ValueError(f"scheduler must be empty or asha, got {self.scheduler!r}")
         if not self.cpus_per_trial > 0:
             raise ValueError(f"cpus_per_trial must be > 0, got {self.cpus_per_trial}")
         if not self.gpus_per_trial >= 0:
@@ -93,45 +96,9 @@ def parse_args(argv: list[str]) -> tuple[SweepConfig, dict]:
     return sweep, values
 
 
-@dataclass(frozen=True)
-class Trial:
-    """One run the sweep plans: its kind and its whole configuration."""
-    kind: str
-    config: Config
-
-    @property
-    def name(self) -> str:
-        return runs.run_name(self.kind, self.config)
-
-
-class Outcome(enum.Enum):
-    TRAINED = "trained"
-    REUSED = "reused"  # A FINISHED run of the experiment trained exactly this already.
-    FAILED = "failed"  # Failed for good: Ray Tune's retries are spent; the failed runs hold the error.
-
-
-@dataclass(frozen=True)
-class TrialResult:
-    trial: Trial
-    outcome: Outcome
-    run_id: str = ""
-    metrics: dict = field(default_factory=dict)
-    error: str = ""
-
-    def row(self) -> dict:
-        """The trial's line in the sweep's trials.csv."""
-        params = self.trial.config.params(self.trial.kind)
-        return {
-            "trial": self.trial.name, "kind": self.trial.kind,
-            "temperature": params.get("temperature", ""), "seed": params["seed"], "outcome": self.outcome.value,
-            "run_id": self.run_id, "test_accuracy": self.metrics.get("test_accuracy", ""),
-            "best_validation_accuracy": self.metrics.get("best_validation_accuracy", ""), "error": self.error,
-        }
-
-
-def trial_config(recipe: dict, temperature: float, seed: int) -> Config:
-    """One trial's configuration: the sweep's recipe at one temperature and seed."""
-    return dataclasses.replace(DEFAULTS, **recipe, temperature=temperature, seed=seed)
+def trial_config(recipe: dict, temperature: float, seed: int, hard_label_weight: float | None = None) -> Config:
+    """One trial's configuration: the sweep's recipe at one temperature, seed and loss weight."""
+    return dataclasses.replace(DEFAULTS, **recipe, temperature=temperature, seed=seed, hard_label_weight=hard_label_weight)
 
 
 def teacher_temperatures(sweep: SweepConfig, recipe: dict) -> list[float]:
@@ -144,8 +111,8 @@ def teacher_temperatures(sweep: SweepConfig, recipe: dict) -> list[float]:
     return list(dict.fromkeys(config.teacher_config().temperature for config in configs))
 
 
-def plan(sweep: SweepConfig, recipe: dict) -> list[list[Trial]]:
-    """The trials in phases: teachers first, since distillation needs them; then the rest."""
+def plan(sweep: SweepConfig, recipe: dict) -> list[Trial]:
+    """Every trial of the sweep: teachers, students and distillations (``trials.TrialQueue`` orders them)."""
     teachers = [
         Trial("teacher", trial_config(recipe, temperature, seed))
         for temperature in teacher_temperatures(sweep, recipe)
@@ -156,12 +123,13 @@ def plan(sweep: SweepConfig, recipe: dict) -> list[list[Trial]]:
         Trial("student", trial_config(recipe, DEFAULTS.temperature, seed)) for seed in sweep.seeds if "student" in sweep.kinds
     ]
     distills = [
-        Trial("distill", trial_config(recipe, temperature, seed))
+        Trial("distill", trial_config(recipe, temperature, seed, weight))
         for temperature in sweep.temperatures
+        for weight in sweep.hard_label_weights or (None,)
         for seed in sweep.seeds
         if "distill" in sweep.kinds
     ]
-    return [phase for phase in (teachers, students + distills) if phase]
+    return teachers + students + distills
 
 
 def absolute_tracking_uri() -> str:
@@ -188,8 +156,6 @@ def connect(address: str) -> list[dict]:
     The tracking server's credentials reach the trials in the job's environment (Ray's
     runtime_env), never in Tune's parameter space, which Tune writes to disk.
     """
-    import ray
-
     if address and address != "auto" and not address.startswith("ray://"):
         # Ray retries an unreachable cluster for minutes; a plain connection says so at once.
         host, _, port = address.rpartition(":")
@@ -214,6 +180,16 @@ def check_resources(sweep: SweepConfig, nodes: list[dict]) -> None:
             raise ValueError(f"{name}: {wanted:g} is more than any node of the Ray cluster has ({largest:g} {resource})")
 
 
+def slots(sweep: SweepConfig, nodes: list[dict]) -> int:
+    """How many trials the cluster's nodes fit at once."""
+    def fit(node):
+        by_cpu = math.floor(node["Resources"].get("CPU", 0.0) / sweep.cpus_per_trial + 1e-9)
+        by_gpu = math.floor(node["Resources"].get("GPU", 0.0) / sweep.gpus_per_trial + 1e-9) if sweep.gpus_per_trial else by_cpu
+        return min(by_cpu, by_gpu)
+
+    return sum(fit(node) for node in nodes)
+
+
 def check_cluster_can_track(tracking_uri: str, alive_nodes: int) -> None:
     """On more than one node every worker must reach the store: a local file will not do."""
     if alive_nodes > 1 and not tracking_uri.startswith(("http://", "https://")):
@@ -222,14 +198,6 @@ def check_cluster_can_track(tracking_uri: str, alive_nodes: int) -> None:
             "local to this machine; start an `mlflow server` every node can reach and set "
             "MLFLOW_TRACKING_URI=http://<host>:<port>"
         )
-
-
-def _end_orphans(runs, status: str, reason: str) -> None:
-    """End runs whose process died before it could end them, saying why."""
-    client = mlflow.MlflowClient()
-    for run in runs:
-        client.set_tag(run.info.run_id, tracking.ERROR_TAG, reason)
-        client.set_terminated(run.info.run_id, status)
 
 
 def end_interrupted_sweep() -> str:
@@ -271,99 +239,54 @@ def end_interrupted_sweep() -> str:
         )
         if run.data.tags.get("mlflow.parentRunId") in {sweep.info.run_id for sweep in unfinished}
     ]
-    _end_orphans(left_running + running, "KILLED", f"interrupted; resumed by sweep {current.info.run_id}")
+    trials.end_orphans(left_running + running, "KILLED", f"interrupted; resumed by sweep {current.info.run_id}")
     continued = (running or unfinished)[0].info.run_id
     mlflow.set_tag(RESUMED_TAG, continued)
     return continued
 
 
-def run_trial(space: dict) -> None:
-    """The Ray Tune trainable: one kdflow job as a child run of the sweep."""
-    import ray
-    from ray import tune
-
-    from kdflow import training
-
-    # The driver's MLFLOW_RUN_ID (set by `mlflow run`) would make every trial resume the parent.
-    os.environ.pop("MLFLOW_RUN_ID", None)
-    os.environ["MLFLOW_TRACKING_URI"] = space["tracking_uri"]
-    training.configure_devices(max(1, int(space["cpus_per_trial"])))
-    trial_id = tune.get_context().get_trial_id()
-    # A retried trial's earlier attempt died with its worker and could not end its own run.
-    stale = mlflow.search_runs(
-        experiment_ids=[space["experiment_id"]],
-        filter_string=f"tags.`{TRIAL_TAG}` = '{trial_id}' and attributes.status = 'RUNNING'",
-        output_format="list",
-    )
-    _end_orphans(stale, "FAILED", "the worker died; Ray Tune retried the trial")
-    trial = space["trial"]
-    # Where the trial ran, so a sweep can be checked to use the whole cluster and a worker be found.
-    tags = {TRIAL_TAG: trial_id, NODE_TAG: ray.get_runtime_context().get_node_id(), WORKER_PID_TAG: str(os.getpid())}
-    try:
-        with runs.tracked_run(trial.kind, space["parent_run_id"], space["experiment_id"], tags) as run:
-            runs.run_job(trial.kind, trial.config)
-    except Exception as error:
-        # An error of the job's own fails again on every attempt: report it, and keep Ray Tune's
-        # retries for workers that die (their process is gone, so they raise nothing here).
-        tune.report({"error": f"{type(error).__name__}: {error}"})
-        return
-    tune.report({"run_id": run.info.run_id, **mlflow.get_run(run.info.run_id).data.metrics})
-
-
 def run_trials(sweep: SweepConfig, recipe: dict) -> list[TrialResult]:
     """Run the sweep's trials inside the active (parent) run; return each trial's outcome."""
-    from ray import tune
-
-    parent = mlflow.active_run()
+    parent = mlflow.active_run().info
     if sweep.resume:
         print(f"resuming sweep {end_interrupted_sweep()}; its finished trials are reused", flush=True)
     tracking_uri = absolute_tracking_uri()
     nodes = connect(sweep.address)
     check_resources(sweep, nodes)
     check_cluster_can_track(tracking_uri, len(nodes))
-    trainable = tune.with_resources(run_trial, {"cpu": sweep.cpus_per_trial, "gpu": sweep.gpus_per_trial})
-    outcomes = []
-    for number, phase in enumerate(plan(sweep, recipe), start=1):
-        to_train = []
-        for trial in phase:
-            # Any source of the dataset must match its pinned digest, so it is known before loading.
-            digest = DATASET_DIGESTS[trial.config.dataset]
-            reused = tracking.find_finished_run(trial.kind, trial.config, digest, parent.info.experiment_id)
-            if reused is None:
-                to_train.append(trial)
-            else:
-                outcomes.append(TrialResult(trial, Outcome.REUSED, reused.info.run_id, reused.data.metrics))
-        if not to_train:
-            continue
-        shared = {
-            "tracking_uri": tracking_uri,
-            "experiment_id": parent.info.experiment_id,
-            "parent_run_id": parent.info.run_id,
-            "cpus_per_trial": sweep.cpus_per_trial,
-        }
-        tuner = tune.Tuner(
-            trainable,
-            param_space={**shared, "trial": tune.grid_search(to_train)},
-            run_config=tune.RunConfig(
-                name=f"sweep-{parent.info.run_id}-phase{number}",
-                failure_config=tune.FailureConfig(max_failures=MAX_FAILURES),
-            ),
-        )
-        for result in tuner.fit():
-            trial = result.config["trial"]
-            if result.error is None and "run_id" in result.metrics:
-                outcomes.append(TrialResult(trial, Outcome.TRAINED, result.metrics["run_id"], result.metrics))
-            else:
-                error = result.metrics.get("error") or str(result.error or "the trial stopped before it reported")
-                outcomes.append(TrialResult(trial, Outcome.FAILED, error=error))
-        # A trial whose last attempt's worker died left its run RUNNING; the phase is over, so it is dead.
-        left_running = mlflow.search_runs(
-            experiment_ids=[parent.info.experiment_id],
-            filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}' and attributes.status = 'RUNNING'",
-            output_format="list",
-        )
-        _end_orphans(left_running, "FAILED", "the worker died and Ray Tune gave up on the trial")
-    return outcomes
+    outcomes, to_train = [], []
+    for trial in plan(sweep, recipe):
+        # Any source of the dataset must match its pinned digest, so it is known before loading.
+        digest = DATASET_DIGESTS[trial.config.dataset]
+        reused = tracking.find_finished_run(trial.kind, trial.config, digest, parent.experiment_id)
+        if reused is None:
+            to_train.append(trial)
+        else:
+            outcomes.append(TrialResult(trial, Outcome.REUSED, reused.info.run_id, reused.data.metrics))
+    if not to_train:
+        return outcomes
+    shared = {
+        "tracking_uri": tracking_uri,
+        "experiment_id": parent.experiment_id,
+        "parent_run_id": parent.run_id,
+        "cpus_per_trial": sweep.cpus_per_trial,
+    }
+    resources = {"cpu": sweep.cpus_per_trial, "gpu": sweep.gpus_per_trial}
+    trained = trials.tune_trials(to_train, shared, resources, slots(sweep, nodes), sweep.scheduler, f"sweep-{parent.run_id}")
+    # Runs still RUNNING now were left so by a worker that died on its last attempt, or (stopped
+    # early) by one that Ray Tune ended before the trial reached its next evaluation.
+    stopped = {outcome.run_id for outcome in trained if outcome.outcome is Outcome.STOPPED}
+    left_running = mlflow.search_runs(
+        experiment_ids=[parent.experiment_id],
+        filter_string=f"tags.`mlflow.parentRunId` = '{parent.run_id}' and attributes.status = 'RUNNING'",
+        output_format="list",
+    )
+    trials.end_orphans([run for run in left_running if run.info.run_id in stopped], "KILLED", trials.STOPPED_EARLY)
+    trials.end_orphans(
+        [run for run in left_running if run.info.run_id not in stopped], "FAILED",
+        "the worker died and Ray Tune gave up on the trial",
+    )
+    return outcomes + trained
 
 
 @contextmanager
@@ -399,10 +322,13 @@ def describe_sweep(sweep: SweepConfig, recipe: dict) -> None:
     seeds = ",".join(map(str, sweep.seeds))
     teachers = teacher_temperatures(sweep, recipe)
     fixed_teacher = f"-teacherT{','.join(f'{t:g}' for t in teachers)}" if teachers != list(sweep.temperatures) else ""
+    weights = f"-w{','.join(f'{w:g}' for w in sweep.hard_label_weights)}" if sweep.hard_label_weights else ""
+    scheduler = f", stopped early by {sweep.scheduler.upper()} where weak" if sweep.scheduler else ""
     runs.name_run(
-        f"sweep-T{temperatures}{fixed_teacher}-seeds{seeds}{runs.recipe_suffix(recipe['recipe'])}",
+        f"sweep-T{temperatures}{fixed_teacher}{weights}-seeds{seeds}{runs.recipe_suffix(recipe['recipe'])}",
         f"Sweep of {', '.join(sweep.kinds)} trials at T={temperatures}, seeds {seeds}, recipe {recipe['recipe']}, "
-        "on Ray Tune. Every trial is a child run; trials.csv says which were trained, reused or failed.",
+        f"on Ray Tune{scheduler}. Every trial is a child run; trials.csv says which were trained, reused, "
+        "stopped or failed.",
     )
     mlflow.set_tags({tracking.PARAMS_TAG: json.dumps(params, sort_keys=True), tracking.RECIPE_TAG: recipe["recipe"]})
 
@@ -415,9 +341,9 @@ def run_sweep(sweep: SweepConfig, recipe: dict) -> list[TrialResult]:
     with runs.tracked_run("sweep") as run, _heartbeat(run.info.run_id):
         describe_sweep(sweep, recipe)
         outcomes = run_trials(sweep, recipe)
-        trials = pd.DataFrame([outcome.row() for outcome in outcomes])
-        mlflow.log_text(trials.to_csv(index=False), "trials.csv")
-        print(trials.drop(columns="error").to_string(index=False))
+        table = pd.DataFrame([outcome.row() for outcome in outcomes])
+        mlflow.log_text(table.to_csv(index=False), "trials.csv")
+        print(table.drop(columns="error").to_string(index=False))
         print(runs.log_results())
         failed = [outcome.trial.name for outcome in outcomes if outcome.outcome is Outcome.FAILED]
         if failed:

@@ -18,10 +18,11 @@ ROOT = Path(__file__).resolve().parents[1]
 LAYERS = (
     ("data", "losses", "models"),  # pure: no MLflow, no Ray
     ("config", "training"),  # the parameters; the training loop
-    ("tracking", "registry"),  # what a run stores and its reuse key; logged models
+    ("tracking", "registry", "store"),  # what a run stores and its reuse key; logged models; the SQLite file set up
     ("jobs", "results", "predict"),  # train; tabulate the tracked runs; answer for image files
     ("runs",),  # one job inside one tracked run
-    ("sweeps",),  # many runs over Ray Tune
+    ("trials",),  # a sweep's runs on Ray Tune: their order, the trainable, their outcomes
+    ("sweeps",),  # many runs over Ray Tune: the plan, reuse, resumption, the sweep's record
     ("cli",),  # the command line of every entry point
 )
 LAYER = {module: number for number, modules in enumerate(LAYERS) for module in modules}

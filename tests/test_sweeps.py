@@ -5,6 +5,7 @@ CPU each; the tracking server keeps its runs in SQLite and proxies artifacts. Tr
 (40 steps): accuracy is not judged here.
 """
 
+import json
 import os
 import signal
 import subprocess
@@ -15,7 +16,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from kdflow import sweeps, tracking
+from kdflow import sweeps, tracking, trials
 from tests.conftest import MLFLOW, ROOT, SHORT, free_port, serving
 
 pytestmark = pytest.mark.slow
@@ -66,7 +67,7 @@ def test_sweep_spreads_over_both_nodes_and_reuses_finished_trials(cluster, own_e
         "distill-T2-seed12", "distill-T5-seed12", "student-seed12", "teacher-T2-seed12", "teacher-T5-seed12"
     ]
     assert all(run.info.status == "FINISHED" for run in trials)
-    assert len({run.data.tags[sweeps.NODE_TAG] for run in trials}) == 2
+    assert len({run.data.tags[trials.NODE_TAG] for run in trials}) == 2
     artifacts = {item.path for item in mlflow.MlflowClient().list_artifacts(parent.info.run_id)}
     assert {"results.md", "results.csv", "results.json", "results.png", "trials.csv"} <= artifacts
     table = Path(mlflow.artifacts.download_artifacts(run_id=parent.info.run_id, artifact_path="results.md")).read_text()
@@ -78,6 +79,36 @@ def test_sweep_spreads_over_both_nodes_and_reuses_finished_trials(cluster, own_e
     trial_table = mlflow.artifacts.download_artifacts(run_id=sweep_runs_in_experiment()[1].info.run_id, artifact_path="trials.csv")
     outcomes = Path(trial_table).read_text().splitlines()[1:]
     assert len(outcomes) == 5 and all(",reused," in line for line in outcomes)
+
+
+def test_asha_stops_weak_distillations_early_and_no_stopped_run_counts(cluster, own_experiment, tmp_path):
+    # One teacher (at T=2) for a grid of distillations over temperature and loss weight; ASHA
+    # compares the distillations only, at every evaluation each reports to Ray Tune.
+    process = sweep(cluster, own_experiment, tmp_path, kinds="teacher,distill", temperatures="1,8",
+                    hard_label_weights="0.1,0.9", seeds="12", teacher_temperature="2", scheduler="asha",
+                    num_steps="60", eval_every="10")
+    assert process.returncode == 0, process.stdout[-3000:] + process.stderr[-5000:]
+    (parent,) = sweep_runs_in_experiment()
+    distills = [run for run in children(parent.info.run_id) if run.data.tags[tracking.KIND_TAG] == "distill"]
+    assert len(distills) == 4
+    stopped = [run for run in distills if run.info.status != "FINISHED"]
+    assert stopped, "ASHA stopped no distillation"
+    client = mlflow.MlflowClient()
+    for run in stopped:  # Ended KILLED, saying why, without a run key: never reused or counted.
+        assert run.info.status == "KILLED" and "stopped the trial early" in run.data.tags[tracking.ERROR_TAG]
+        assert tracking.RUN_KEY_TAG not in run.data.tags and "test_accuracy" not in run.data.metrics
+        assert max(point.step for point in client.get_metric_history(run.info.run_id, "validation_accuracy")) < 60
+    for run in distills:
+        if run.info.status == "FINISHED":
+            assert tracking.RUN_KEY_TAG in run.data.tags and "test_accuracy" in run.data.metrics
+    trial_table = Path(mlflow.artifacts.download_artifacts(run_id=parent.info.run_id, artifact_path="trials.csv"))
+    assert sum(",stopped," in line for line in trial_table.read_text().splitlines()) == len(stopped)
+    # Live reporting: a trial that ran to the end reported every evaluation to Ray Tune, then its scores.
+    results = Path.home() / "ray_results" / f"sweep-{parent.info.run_id}"
+    finished_trial = next(run for run in distills if run.info.status == "FINISHED").data.tags[trials.TRIAL_TAG]
+    (reports,) = results.glob(f"*{finished_trial}*/result.json")
+    steps = [json.loads(line).get("step") for line in reports.read_text().splitlines()]
+    assert steps == list(range(10, 61, 10)) + [60]
 
 
 def test_multi_node_sweep_refuses_a_local_tracking_store(cluster, tmp_path):
@@ -104,7 +135,7 @@ def test_killed_worker_is_retried_and_nothing_is_lost(cluster, own_experiment, t
     process = subprocess.Popen([sys.executable, str(ROOT / "entrypoints" / "sweep.py"), *arguments],
                                cwd=tmp_path, env=command_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     victim = wait_for_training("teacher")
-    os.kill(int(victim.data.tags[sweeps.WORKER_PID_TAG]), signal.SIGKILL)
+    os.kill(int(victim.data.tags[trials.WORKER_PID_TAG]), signal.SIGKILL)
     output, _ = process.communicate(timeout=600)
     assert process.returncode == 0, output[-5000:]
 
@@ -113,7 +144,7 @@ def test_killed_worker_is_retried_and_nothing_is_lost(cluster, own_experiment, t
     assert mlflow.MlflowClient().get_metric_history(victim.info.run_id, "validation_accuracy")  # Kept.
     retried = children(killed.data.tags["mlflow.parentRunId"])
     finished = [run for run in retried if run.info.status == "FINISHED"]
-    assert len(finished) == 1 and finished[0].data.tags[sweeps.TRIAL_TAG] == killed.data.tags[sweeps.TRIAL_TAG]
+    assert len(finished) == 1 and finished[0].data.tags[trials.TRIAL_TAG] == killed.data.tags[trials.TRIAL_TAG]
 
 
 def test_trials_that_fail_for_good_are_failed_runs_and_fail_the_sweep(cluster, own_experiment, tmp_path):
@@ -144,31 +175,60 @@ def test_trial_threads_and_gpu_memory_growth(monkeypatch):
     assert calls == [("intra", 2), ("inter", 2), ("gpu:0", True), ("gpu:1", True)]
 
 
-def test_sweep_plan_runs_teachers_first():
+def test_sweep_plan_and_the_order_trials_start_in_without_a_barrier():
     sweep_config, recipe = sweeps.parse_args(["--temperatures", "2,5", "--seeds", "12,13", "--num_steps", "7"])
-    teachers, rest = sweeps.plan(sweep_config, recipe)
-    assert [(trial.kind, trial.config.temperature, trial.config.seed) for trial in teachers] == [
-        ("teacher", 2.0, 12), ("teacher", 2.0, 13), ("teacher", 5.0, 12), ("teacher", 5.0, 13)
+    planned = sweeps.plan(sweep_config, recipe)
+    assert [trial.name for trial in planned] == [
+        "teacher-T2-seed12", "teacher-T2-seed13", "teacher-T5-seed12", "teacher-T5-seed13", "student-seed12",
+        "student-seed13", "distill-T2-seed12", "distill-T2-seed13", "distill-T5-seed12", "distill-T5-seed13",
     ]
-    assert sorted(trial.kind for trial in rest) == ["distill"] * 4 + ["student"] * 2
-    assert all(trial.config.num_steps == 7 for trial in teachers + rest)
+    assert all(trial.config.num_steps == 7 for trial in planned)
+
+    # Teachers start first; a distillation starts the moment its own teacher is finished, ahead of
+    # the students that fill slots meanwhile; one whose teacher failed for good never starts.
+    queue = trials.TrialQueue(planned, {"tracking_uri": "sqlite:///x.db"})
+    started = {f"t{number}": queue.suggest(f"t{number}") for number in range(4)}
+    assert [space["trial"].name for space in started.values()] == [trial.name for trial in planned[:4]]
+    assert started["t0"]["tracking_uri"] == "sqlite:///x.db"
+    assert queue.suggest("t4")["trial"].name == "student-seed12"
+    queue.on_trial_complete("t2", {"test_accuracy": 0.9, "run_id": "r"})  # teacher-T5-seed12 finished
+    queue.on_trial_complete("t0", {"error": "ValueError: bad"})  # teacher-T2-seed12 failed for good
+    assert queue.suggest("t5")["trial"].name == "distill-T5-seed12"
+    assert queue.suggest("t6")["trial"].name == "student-seed13"
+    assert queue.suggest("t7") is None  # The rest wait for teachers still training.
+    queue.on_trial_complete("t1", None, error=True)  # teacher-T2-seed13: its worker died three times
+    queue.on_trial_complete("t3", {"test_accuracy": 0.9, "run_id": "r"})
+    assert queue.suggest("t8")["trial"].name == "distill-T5-seed13"
+    assert queue.suggest("t9") == queue.FINISHED
+    assert sorted((result.trial.name, result.outcome, result.error) for result in queue.not_started) == [
+        ("distill-T2-seed12", trials.Outcome.FAILED, "its teacher's trial failed"),
+        ("distill-T2-seed13", trials.Outcome.FAILED, "its teacher's trial failed"),
+    ]
+
+    # A grid over loss weights: one distillation per weight, each named by it; teachers are shared.
+    sweep_config, recipe = sweeps.parse_args(["--temperatures", "2", "--seeds", "12", "--kinds", "teacher,distill",
+                                              "--hard_label_weights", "0.1,0.5"])
+    assert [trial.name for trial in sweeps.plan(sweep_config, recipe)] == [
+        "teacher-T2-seed12", "distill-T2-w0.1-seed12", "distill-T2-w0.5-seed12"
+    ]
     # With one teacher temperature, the distillations at every T all learn from that teacher.
     sweep_config, recipe = sweeps.parse_args(["--temperatures", "2,5", "--seeds", "12", "--teacher_temperature", "1",
                                               "--recipe", "tuned"])
-    teachers, rest = sweeps.plan(sweep_config, recipe)
-    assert [trial.config.temperature for trial in teachers] == [1.0] and "recipe" not in teachers[0].config.params("teacher")
+    teacher, *rest = sweeps.plan(sweep_config, recipe)
+    assert teacher.config.temperature == 1.0 and "recipe" not in teacher.config.params("teacher")
     distills = [trial.config for trial in rest if trial.kind == "distill"]
     assert [(c.temperature, c.teacher_temperature, c.recipe) for c in distills] == [(2.0, 1.0, "tuned"), (5.0, 1.0, "tuned")]
     assert [trial.name for trial in rest] == ["student-seed12-tuned", "distill-T2-teacherT1-seed12-tuned",
                                               "distill-T5-teacherT1-seed12-tuned"]
+    assert {trial.teacher_key() for trial in [teacher] + rest if trial.kind != "student"} == {teacher.teacher_key()}
     # A teacher at one of the sweep's own temperatures is kdtf's teacher there, and each other T learns from it.
     sweep_config, recipe = sweeps.parse_args(["--temperatures", "2,5", "--seeds", "12", "--teacher_temperature", "5"])
-    _, rest = sweeps.plan(sweep_config, recipe)
-    assert [trial.config.teacher_config().temperature for trial in rest if trial.kind == "distill"] == [5.0, 5.0]
-    with pytest.raises(ValueError, match="temperatures"):
-        sweeps.parse_args(["--temperatures", "-2"])
-    with pytest.raises(ValueError, match="kinds"):
-        sweeps.parse_args(["--kinds", "teacher,professor"])
+    planned = sweeps.plan(sweep_config, recipe)
+    assert [trial.config.teacher_config().temperature for trial in planned if trial.kind == "distill"] == [5.0, 5.0]
+    for argv, named in ((["--temperatures", "-2"], "temperatures"), (["--kinds", "teacher,professor"], "kinds"),
+                        (["--hard_label_weights", "0.5,1.5"], "hard_label_weights"), (["--scheduler", "pbt"], "scheduler")):
+        with pytest.raises(ValueError, match=named):
+            sweeps.parse_args(argv)
 
 
 def test_interrupted_sweep_resumes_without_repeating_finished_trials(cluster, own_experiment, tmp_path):

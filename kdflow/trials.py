@@ -1,0 +1,246 @@
+"""A sweep's trials on Ray Tune: which trial starts when, the trainable that runs one, and what came of it.
+
+No phase barrier: ``TrialQueue``, Ray Tune's searcher, hands out each trial as soon as it can
+start, a distillation the moment its own teacher is finished. Warm workers: Ray Tune keeps a
+finished trial's worker for the next trial (``reuse_actors``), so TensorFlow, Ray and MLflow are
+imported once per worker, not once per trial. Live reporting: a trial reports its step, losses and
+validation accuracy to Ray Tune at every evaluation, so Tune's progress table moves and a scheduler
+such as ASHA can stop weak distillations early (``scheduler=asha``).
+
+Trials are typed from end to end: Ray Tune's configurations carry ``Trial(kind, Config)`` as it is.
+"""
+
+import enum
+import functools
+import os
+from dataclasses import dataclass, field
+
+import mlflow
+import ray
+from ray import tune
+from ray.tune.schedulers import AsyncHyperBandScheduler
+from ray.tune.search import ConcurrencyLimiter, Searcher
+
+from kdflow import runs, tracking
+from kdflow.config import Config
+
+TRIAL_TAG = "kdflow.trial_id"
+NODE_TAG = "kdflow.ray_node_id"
+WORKER_PID_TAG = "kdflow.worker_pid"
+MAX_FAILURES = 2  # Ray Tune retries a trial whose worker died (or whose store failed) this many times.
+# A warm worker's next trial skips importing TensorFlow (about 10 s); the benchmark turns it off to compare.
+REUSE_WORKERS = True
+STOPPED_EARLY = "the sweep's scheduler stopped the trial early"  # why a stopped trial's run is KILLED
+SCHEDULERS = ("", "asha")  # "": every trial runs to the end; "asha": ASHA stops weak distillations early
+START_ORDER = {"teacher": 0, "distill": 1, "student": 2}  # longest and most waited for first
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One run the sweep plans: its kind and its whole configuration."""
+    kind: str
+    config: Config
+
+    @property
+    def name(self) -> str:
+        return runs.run_name(self.kind, self.config)
+
+    def teacher_key(self) -> str:
+        """What identifies the teacher this trial is (a teacher) or learns from (a distillation)."""
+        config = self.config if self.kind == "teacher" else self.config.teacher_config()
+        return repr(sorted(config.params("teacher").items()))
+
+
+class Outcome(enum.Enum):
+    TRAINED = "trained"
+    REUSED = "reused"  # A FINISHED run of the experiment trained exactly this already.
+    STOPPED = "stopped"  # The scheduler stopped it early: its run is KILLED, never reused or counted.
+    FAILED = "failed"  # Failed for good: Ray Tune's retries are spent; the failed runs hold the error.
+
+
+@dataclass(frozen=True)
+class TrialResult:
+    trial: Trial
+    outcome: Outcome
+    run_id: str = ""
+    metrics: dict = field(default_factory=dict)
+    error: str = ""
+
+    def row(self) -> dict:
+        """The trial's line in the sweep's trials.csv."""
+        params = self.trial.config.params(self.trial.kind)
+        return {
+            "trial": self.trial.name, "kind": self.trial.kind, "temperature": params.get("temperature", ""),
+            "hard_label_weight": params.get("hard_label_weight", ""), "seed": params["seed"],
+            "outcome": self.outcome.value, "run_id": self.run_id, "test_accuracy": self.metrics.get("test_accuracy", ""),
+            "best_validation_accuracy": self.metrics.get("best_validation_accuracy", ""), "error": self.error,
+        }
+
+
+class TrialQueue(Searcher):
+    """Ray Tune's searcher over the planned trials: each is handed out as soon as it can start.
+
+    A distillation waits only for its own teacher's trial; if that trial failed for good, the
+    distillation is not started (it would train a teacher of its own inside its run). Teachers
+    start first, being the longest and waited for; students fill the slots nothing else can use.
+    """
+
+    def __init__(self, trials: list[Trial], shared: dict):
+        super().__init__()
+        self.waiting = sorted(trials, key=lambda trial: START_ORDER[trial.kind])
+        self.shared = shared
+        self.pending_teachers = {trial.teacher_key() for trial in trials if trial.kind == "teacher"}
+        self.failed_teachers: set[str] = set()
+        self.started: dict[str, Trial] = {}
+        self.not_started: list[TrialResult] = []
+
+    def suggest(self, trial_id: str):
+        for trial in list(self.waiting):
+            if trial.kind == "distill" and trial.teacher_key() in self.failed_teachers:
+                self.waiting.remove(trial)
+                self.not_started.append(TrialResult(trial, Outcome.FAILED, error="its teacher's trial failed"))
+            elif trial.kind != "distill" or trial.teacher_key() not in self.pending_teachers:
+                self.waiting.remove(trial)
+                self.started[trial_id] = trial
+                return {**self.shared, "trial": trial}
+        return None if self.waiting else self.FINISHED
+
+    def save(self, checkpoint_path: str) -> None:
+        """Nothing to save: a resumed sweep starts a new queue and reuses its finished runs instead."""
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+        trial = self.started[trial_id]
+        if trial.kind == "teacher":
+            self.pending_teachers.discard(trial.teacher_key())
+            if error or "test_accuracy" not in (result or {}):
+                self.failed_teachers.add(trial.teacher_key())
+
+
+class DistillationASHA(AsyncHyperBandScheduler):
+    """ASHA over the distillations alone: their validation accuracies compare, a teacher's does not,
+    and a teacher must finish, since distillations learn from it."""
+
+    def __init__(self, config: Config):
+        # Rungs at a ninth and a third of the steps; each keeps the best third of the trials there.
+        super().__init__(
+            time_attr="step", metric="validation_accuracy", mode="max", max_t=config.num_steps,
+            grace_period=max(config.eval_every, config.num_steps // 9), reduction_factor=3, stop_last_trials=False,
+        )
+
+    def on_trial_add(self, tune_controller, trial):
+        if trial.config["trial"].kind == "distill":
+            super().on_trial_add(tune_controller, trial)
+
+    def on_trial_result(self, tune_controller, trial, result):
+        if trial.config["trial"].kind != "distill":
+            return self.CONTINUE
+        return super().on_trial_result(tune_controller, trial, result)
+
+    def on_trial_complete(self, tune_controller, trial, result):
+        if trial.config["trial"].kind == "distill":
+            super().on_trial_complete(tune_controller, trial, result)
+
+    def on_trial_remove(self, tune_controller, trial):
+        if trial.config["trial"].kind == "distill":
+            super().on_trial_remove(tune_controller, trial)
+
+
+@functools.cache
+def _configure_devices(cpu_threads: int) -> None:
+    """Once per worker: TensorFlow's thread pools cannot be resized once it has run an op."""
+    from kdflow import training
+
+    training.configure_devices(cpu_threads)
+
+
+def end_orphans(orphans, status: str, reason: str) -> None:
+    """End runs whose process died (or was stopped) before it could end them, saying why."""
+    client = mlflow.MlflowClient()
+    for run in orphans:
+        client.set_tag(run.info.run_id, tracking.ERROR_TAG, reason)
+        client.set_terminated(run.info.run_id, status)
+
+
+def _live_reporter(run_id: str):
+    """Log each evaluation to MLflow and report it to Ray Tune, which may answer by stopping the trial."""
+
+    def on_evaluation(evaluation) -> None:
+        tracking.log_evaluation(evaluation)
+        metrics = {name: getattr(evaluation, name) for name in ("step", "train_loss", "validation_loss", "validation_accuracy")}
+        try:
+            tune.report({"run_id": run_id, **metrics})
+        except SystemExit:  # Ray Tune's way of stopping a trial's thread at its next report.
+            raise runs.Stopped(f"{STOPPED_EARLY}, at step {evaluation.step}") from None
+
+    return on_evaluation
+
+
+def run_trial(space: dict) -> None:
+    """The Ray Tune trainable: one kdflow job as a child run of the sweep."""
+    import keras
+
+    # The driver's MLFLOW_RUN_ID (set by `mlflow run`) would make every trial resume the parent.
+    os.environ.pop("MLFLOW_RUN_ID", None)
+    os.environ["MLFLOW_TRACKING_URI"] = space["tracking_uri"]
+    _configure_devices(max(1, int(space["cpus_per_trial"])))
+    # A warm worker holds the previous trial's models; a fresh Keras state also names layers as a fresh process would.
+    keras.backend.clear_session()
+    trial_id = tune.get_context().get_trial_id()
+    # A retried trial's earlier attempt died with its worker and could not end its own run.
+    stale = mlflow.search_runs(
+        experiment_ids=[space["experiment_id"]],
+        filter_string=f"tags.`{TRIAL_TAG}` = '{trial_id}' and attributes.status = 'RUNNING'",
+        output_format="list",
+    )
+    end_orphans(stale, "FAILED", "the worker died; Ray Tune retried the trial")
+    trial = space["trial"]
+    # Where the trial ran, so a sweep can be checked to use the whole cluster and a worker be found.
+    tags = {TRIAL_TAG: trial_id, NODE_TAG: ray.get_runtime_context().get_node_id(), WORKER_PID_TAG: str(os.getpid())}
+    try:
+        with runs.tracked_run(trial.kind, space["parent_run_id"], space["experiment_id"], tags) as run:
+            runs.run_job(trial.kind, trial.config, _live_reporter(run.info.run_id))
+    except runs.Stopped:
+        return  # Its run ended KILLED, if its worker lived to reach the next evaluation; else the sweep ends it.
+    except ValueError as error:
+        # Bad input fails again on every attempt: report it, and keep Ray Tune's retries for the
+        # rest (a worker that died, a tracking server that was down for longer than MLflow retries).
+        tune.report({"error": f"{type(error).__name__}: {error}"})
+        return
+    final = mlflow.get_run(run.info.run_id).data.metrics
+    tune.report({"run_id": run.info.run_id, "step": trial.config.num_steps, **final})
+
+
+def outcome_of(result, trial: Trial) -> TrialResult:
+    """What Ray Tune's result for a trial says came of it."""
+    metrics = result.metrics or {}
+    if result.error is None and "test_accuracy" in metrics:
+        return TrialResult(trial, Outcome.TRAINED, metrics["run_id"], metrics)
+    if result.error is None and "error" not in metrics and "run_id" in metrics:
+        return TrialResult(trial, Outcome.STOPPED, metrics["run_id"], metrics)
+    error = metrics.get("error") or str(result.error or "the trial stopped before it reported")
+    return TrialResult(trial, Outcome.FAILED, error=error)
+
+
+def tune_trials(trials: list[Trial], shared: dict, resources: dict, slots: int, scheduler: str, name: str
+                ) -> list[TrialResult]:
+    """Run the trials on Ray Tune (already connected; ``slots`` trials fit at once) and return each one's outcome."""
+    queue = TrialQueue(trials, shared)
+    if scheduler == "asha":
+        # A failed trial reports its error, not a validation accuracy: ASHA must not take that for a bug.
+        os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+    tuner = tune.Tuner(
+        tune.with_resources(run_trial, resources),
+        tune_config=tune.TuneConfig(
+            # The limiter lets Ray Tune ask for a worker for every slot at once (alone, a custom
+            # searcher gets one pending trial at a time, and the slots fill one worker start-up
+            # after another).
+            search_alg=ConcurrencyLimiter(queue, max_concurrent=max(1, slots)), num_samples=len(trials),
+            # Not under a scheduler: a worker whose trial was stopped mid-run hands Ray Tune (2.60) a
+            # stale result for the next trial it is given, which is then taken as done without running.
+            reuse_actors=REUSE_WORKERS and not scheduler,
+            scheduler=DistillationASHA(trials[0].config) if scheduler == "asha" else None,
+        ),
+        run_config=tune.RunConfig(name=name, failure_config=tune.FailureConfig(max_failures=MAX_FAILURES)),
+    )
+    grid = tuner.fit()
+    return [outcome_of(result, result.config["trial"]) for result in grid] + queue.not_started
