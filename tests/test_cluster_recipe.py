@@ -189,7 +189,7 @@ def test_readme_cluster_recipe_runs_as_written(fetched_mnist, monkeypatch):
         assert all(run.data.tags["mlflow.parentRunId"] == sweep_id for run in trials)
         assert (kinds["teacher"].data.params["temperature"], kinds["distill"].data.params["temperature"]) == ("2.0", "2.0")
         assert {run.data.params["seed"] for run in trials} == {"12"}
-        # One CPU per node and two trials at once in the second phase: both nodes ran trials.
+        # One CPU per node; the teacher and the student start at once: both nodes ran trials.
         assert len({run.data.tags["kdflow.ray_node_id"] for run in trials}) == 2
         for run in runs:
             assert PASSWORD not in repr(run.data.params) + repr(run.data.tags)
