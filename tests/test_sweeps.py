@@ -62,12 +62,12 @@ def test_sweep_spreads_over_both_nodes_and_reuses_finished_trials(cluster, own_e
     first = sweep(cluster, tracking_server, tmp_path, temperatures="2,5", seeds="12")
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-5000:]
     (parent,) = sweep_runs_in_experiment()
-    trials = children(parent.info.run_id)
-    assert sorted(run.info.run_name for run in trials) == [
+    child_runs = children(parent.info.run_id)
+    assert sorted(run.info.run_name for run in child_runs) == [
         "distill-T2-seed12", "distill-T5-seed12", "student-seed12", "teacher-T2-seed12", "teacher-T5-seed12"
     ]
-    assert all(run.info.status == "FINISHED" for run in trials)
-    assert len({run.data.tags[trials.NODE_TAG] for run in trials}) == 2
+    assert all(run.info.status == "FINISHED" for run in child_runs)
+    assert len({run.data.tags[trials.NODE_TAG] for run in child_runs}) == 2
     artifacts = {item.path for item in mlflow.MlflowClient().list_artifacts(parent.info.run_id)}
     assert {"results.md", "results.csv", "results.json", "results.png", "trials.csv"} <= artifacts
     table = Path(mlflow.artifacts.download_artifacts(run_id=parent.info.run_id, artifact_path="results.md")).read_text()
