@@ -241,6 +241,10 @@ def faults_run(trials: int, cluster, server: TrackingServer, logs: Path) -> dict
         return driver
 
     def kill_driver(sweep, driver):
+        # While its driver lives, the sweep beats and a resume is refused: it would train trials twice.
+        refused = sweep.start(resume=True)
+        if refused.wait() != 2 or "is still running" not in sweep.log.read_text():
+            raise RuntimeError(f"resuming the live {sweep.name} sweep was not refused: {sweep.log.read_text()[-3000:]}")
         driver.kill()
         driver.wait()
         time.sleep(sweeps.DEAD_AFTER_SECONDS + 2)  # Until the dead sweep's heartbeat is stale.
