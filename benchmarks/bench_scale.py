@@ -18,9 +18,9 @@ per-trial orchestration overhead (slot time between one trial's run ending and t
 starting, p50 / p95; Ray Tune's reuse of warm workers on, and off for --cold-trials trials
 side by side), the trial workers' tracking calls per second and their client-side latency p50 /
 p99 (benchmarks/call_timer times every HTTP call of the cluster's Python processes), and a count
-check. With --faults, three more sweeps each meet one fault mid-sweep, and the count check runs
-after each: a worker node removed, the mlflow server killed and restarted, the driver killed and
-the sweep resumed. The last line is the summary, e.g.
+check. With --faults, one more sweep meets three faults in turn, and the count check runs after
+each: a worker node removed, the driver killed (after a resume is refused while it lives) and the
+sweep resumed, the mlflow server killed and restarted. The last line is the summary, e.g.
 
     scale: backend=postgresql nodes=8 trials=200 finished=200 duplicates=0 running=0 missing_metric_steps=0 efficiency=0.87 overhead_p50_s=1.4
 
@@ -56,7 +56,7 @@ EXPERIMENT = "scale"
 WEIGHTS = ("0.1", "0.3", "0.5", "0.7", "0.9")
 # Each sweep has seeds of its own, so that none reuses another's runs; the teachers of all of them
 # are trained first, by one sweep, and every sweep lives in one experiment, as a user's would.
-SEEDS = {"main": (12, 13), "cold": (17,), "remove_node": (14,), "restart_server": (15,), "kill_driver": (16,)}
+SEEDS = {"main": (12, 13), "cold": (17,), "faults": (14,)}
 # Short trials: the point is the cost around a trial, not the trial. Each evaluation is a metric step.
 STEPS, EVAL_EVERY = 60, 20
 RECIPE = ("--num_steps", str(STEPS), "--eval_every", str(EVAL_EVERY), "--teacher_temperature", "5")
@@ -216,19 +216,17 @@ def train_teachers(seeds: list[int], address: str, logs: Path) -> None:
 
 
 def faults_run(trials: int, cluster, server: TrackingServer, logs: Path) -> dict[str, dict]:
-    """Three sweeps, each meeting one fault once a third of its trials are finished; the count check after each."""
-    checks = {}
+    """One sweep meeting the faults in turn, the first once a quarter of its trials are finished,
+    the second at half, the third at three quarters; the count check after each.
 
-    def once_a_third_done(act, names):
-        def fault(sweep, driver):
-            try:
-                done = len(finished_runs(names))
-            except Exception:  # The store may be the thing that is down.
-                return driver, fault
-            if done < len(names) / 3:
-                return driver, fault
-            return act(sweep, driver), None
-        return fault
+    The check after a fault is taken when the next one has struck (after the last, once the sweep
+    is over): by then the sweep has come through it and finished a quarter more. Mid-sweep, trials
+    are running by design, so only ``finished`` (so far), ``duplicates`` and ``missing_metric_steps``
+    count; the last check is the whole count check.
+    """
+    arguments = grid(trials, SEEDS["faults"])
+    names = planned_names(arguments)
+    checks, started = {}, time.perf_counter()
 
     def remove_node(sweep, driver):
         cluster.remove_node(next(iter(cluster.worker_nodes)), allow_graceful=False)
@@ -250,13 +248,35 @@ def faults_run(trials: int, cluster, server: TrackingServer, logs: Path) -> dict
         time.sleep(sweeps.DEAD_AFTER_SECONDS + 2)  # Until the dead sweep's heartbeat is stale.
         return sweep.start(resume=True)
 
-    for act in (remove_node, restart_server, kill_driver):
-        arguments = grid(trials, SEEDS[act.__name__])
-        names = planned_names(arguments)
-        wall = Sweep(act.__name__, arguments, cluster.address, logs).run(once_a_third_done(act, names))
-        checks[act.__name__] = count_check(names)
-        print(f"  {act.__name__:15s} {trials} trials, {wall:6.1f} s: "
-              + " ".join(f"{name}={value}" for name, value in checks[act.__name__].items()), flush=True)
+    def report(fault: str, counts: dict) -> None:
+        checks[fault] = counts
+        print(f"  after {fault:15s} checked at {time.perf_counter() - started:6.1f} s: "
+              + " ".join(f"{name}={value}" for name, value in counts.items()), flush=True)
+
+    # The driver is killed at half way, so that the refused resume meets a sweep with work left; a
+    # server restart needs only trials in flight.
+    faults, struck = [remove_node, kill_driver, restart_server], []
+
+    def next_fault(sweep, driver):
+        try:
+            done = len(finished_runs(names))
+        except Exception:  # The store may be the thing that is down.
+            return driver, next_fault
+        if done < len(names) * (len(struck) + 1) / (len(faults) + 1):
+            return driver, next_fault
+        act = faults[len(struck)]
+        driver = act(sweep, driver)  # Strike first, while trials are in flight; then check the last fault.
+        if struck:
+            counts = count_check(names)
+            del counts["running"]
+            report(struck[-1], counts)
+        struck.append(act.__name__)
+        return driver, next_fault if len(struck) < len(faults) else None
+
+    Sweep("faults", arguments, cluster.address, logs).run(next_fault)
+    if len(struck) < len(faults):
+        raise RuntimeError(f"the sweep ended before every fault struck ({', '.join(struck)}): give it more trials")
+    report(struck[-1], count_check(names))
     return checks
 
 
@@ -271,8 +291,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--nodes", type=int, default=8)
     parser.add_argument("--trials", type=int, default=200)
     parser.add_argument("--cold-trials", type=int, default=20, help="trials run with warm workers off, to compare (0: none)")
-    parser.add_argument("--faults", action="store_true", help="then three sweeps, each meeting one fault")
-    parser.add_argument("--fault-trials", type=int, default=20, help="trials in each fault sweep")
+    parser.add_argument("--faults", action="store_true", help="then a sweep meeting three faults in turn")
+    parser.add_argument("--fault-trials", type=int, default=40, help="trials in the fault sweep")
     arguments = parser.parse_args(argv)
     arguments_grid = grid(arguments.trials, SEEDS["main"])  # Checked before anything starts.
     print(f"command: python benchmarks/bench_scale.py {' '.join(argv if argv is not None else sys.argv[1:])}", flush=True)
@@ -301,7 +321,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 def measure(arguments, arguments_grid, cluster, server, folder) -> dict:
     address, slots, logs = cluster.address, arguments.nodes, folder / "logs"
-    sweeps_run = ["main"] + ["cold"] * bool(arguments.cold_trials) + ["remove_node", "restart_server", "kill_driver"] * arguments.faults
+    sweeps_run = ["main"] + ["cold"] * bool(arguments.cold_trials) + ["faults"] * arguments.faults
     train_teachers(sorted(seed for name in sweeps_run for seed in SEEDS[name]), address, logs)
     cold_gaps = []
     if arguments.cold_trials:
@@ -336,7 +356,8 @@ def measure(arguments, arguments_grid, cluster, server, folder) -> dict:
     print("count check: " + " ".join(f"{name}={value}" for name, value in counts.items()), flush=True)
     faults = {}
     if arguments.faults:
-        print(f"faults, each in a sweep of its own ({arguments.fault_trials} trials), the count check after each:")
+        print(f"faults, in turn in one sweep of {arguments.fault_trials} trials (at 1/4, 1/2 and 3/4 of them finished), "
+              "the count check after each (mid-sweep: the trials finished so far):")
         faults = faults_run(arguments.fault_trials, cluster, server, logs)
     summary = {"backend": "postgresql", "nodes": slots, "trials": arguments.trials, **counts,
                "efficiency": f"{ideal / wall:.2f}", "overhead_p50_s": f"{statistics.median(gaps):.1f}"}

@@ -165,7 +165,9 @@ def connect(address: str) -> list[dict]:
             raise ValueError(f"address: no Ray cluster answers at {address} ({error})") from None
     credentials = {name: os.environ[name] for name in CREDENTIALS if name in os.environ}
     try:
-        ray.init(address=address or None, runtime_env={"env_vars": credentials} if credentials else None)
+        # "local" starts a Ray of the sweep's own even when another cluster runs on this machine,
+        # which Ray would otherwise join.
+        ray.init(address=address or "local", runtime_env={"env_vars": credentials} if credentials else None)
     except ConnectionError as error:
         raise ValueError(f"address: cannot join a Ray cluster at {address} ({error})") from None
     return [node for node in ray.nodes() if node["Alive"]]

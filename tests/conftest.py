@@ -36,6 +36,20 @@ SHORT = {"num_steps": "40", "eval_every": "20"}
 SHORT_CHAMPION_URI = f"models:/kd-student@{registry.champion_alias(config.Config(num_steps=40, eval_every=20))}"
 
 
+# The suite runs on two pytest-xdist workers (pyproject.toml). Tests that start Ray clusters run
+# one after another on one worker: two at once would starve each other's trials on two cores.
+# Tests on the session's project store share a worker, so that the store is built once.
+RAY_MODULES = {"test_cluster_recipe.py", "test_scale.py", "test_sweeps.py"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if item.path.name in RAY_MODULES:
+            item.add_marker(pytest.mark.xdist_group("ray"))
+        elif "project_store" in item.fixturenames:
+            item.add_marker(pytest.mark.xdist_group("project_store"))
+
+
 def refuse_keras(dataset):
     raise OSError("the Keras download is disabled in tests")
 
@@ -133,8 +147,7 @@ def store(project_store, monkeypatch) -> ProjectStore:
 def cluster(fetched_mnist):
     """A real two-node Ray cluster on this machine, a head and a worker node of one CPU each.
 
-    One per module, shut down with it: while a cluster runs on a machine, Ray joins it instead of
-    starting a local one, and other modules' sweeps must get the local Ray they ask for."""
+    One per module, shut down with it (a sweep without an address starts a Ray of its own beside it)."""
     from ray.cluster_utils import Cluster
 
     # Nodes start from this environment: their workers read MNIST from the test session's cache.

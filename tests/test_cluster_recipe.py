@@ -14,7 +14,8 @@ without the head's MLflow settings, as on another machine: the sweep's trials th
 server only because the sweep hands the credentials to them in Ray's job environment.
 
 Checked: the job succeeds; the sweep and its teacher, student and distillation runs are FINISHED,
-children of the sweep, in the PostgreSQL database itself, with trials on both nodes; anonymous
+children of the sweep, in the PostgreSQL database itself, with trials on both nodes; the sweep's
+trials.csv and results table are served by the artifact proxy; anonymous
 requests get 401; the admin password is in no MLflow parameter or tag and in no file of Ray
 Tune's results; and a tracking URI holding a password is refused.
 
@@ -193,6 +194,11 @@ def test_readme_cluster_recipe_runs_as_written(fetched_mnist, monkeypatch):
         assert len({run.data.tags["kdflow.ray_node_id"] for run in trials}) == 2
         for run in runs:
             assert PASSWORD not in repr(run.data.params) + repr(run.data.tags)
+        # The sweep's own artifacts, through the server's artifact proxy: its trials and the results table.
+        artifacts = {item.path for item in mlflow.MlflowClient().list_artifacts(sweep_id)}
+        assert {"results.md", "results.csv", "results.json", "results.png", "trials.csv"} <= artifacts
+        table = Path(mlflow.artifacts.download_artifacts(run_id=sweep_id, artifact_path="results.md")).read_text()
+        assert "| Model | T=2 |" in table and "| Distillation | " in table
 
         # The store is the PostgreSQL database itself, not a file beside the server.
         with psycopg.connect(env["DB_URI"].replace("+psycopg", "")) as connection:

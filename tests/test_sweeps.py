@@ -2,8 +2,10 @@
 
 The cluster is a head and a second worker node on this machine (conftest's ``cluster``), one
 CPU each; the tracking server keeps its runs in SQLite and proxies artifacts. Trials are short
-(40 steps): accuracy is not judged here. A worker node lost mid-sweep and a killed driver's sweep
-resumed (refused while its driver lives) are tests/test_scale.py's faults, on PostgreSQL.
+(40 steps): accuracy is not judged here. Elsewhere: a sweep spread over two nodes with its
+artifacts is tests/test_cluster_recipe.py's; a whole sweep reused, test_entrypoints.py's main
+entry point test; a worker node lost and a killed driver's sweep resumed (refused while the
+driver lives), tests/test_scale.py's faults.
 """
 
 import json
@@ -54,30 +56,6 @@ def children(parent_run_id: str):
         filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'",
         output_format="list",
     )
-
-
-def test_sweep_spreads_over_both_nodes_and_reuses_finished_trials(cluster, own_experiment, tmp_path):
-    tracking_server = own_experiment
-    first = sweep(cluster, tracking_server, tmp_path, temperatures="2,5", seeds="12")
-    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-5000:]
-    (parent,) = sweep_runs_in_experiment()
-    child_runs = children(parent.info.run_id)
-    assert sorted(run.info.run_name for run in child_runs) == [
-        "distill-T2-seed12", "distill-T5-seed12", "student-seed12", "teacher-T2-seed12", "teacher-T5-seed12"
-    ]
-    assert all(run.info.status == "FINISHED" for run in child_runs)
-    assert len({run.data.tags[trials.NODE_TAG] for run in child_runs}) == 2
-    artifacts = {item.path for item in mlflow.MlflowClient().list_artifacts(parent.info.run_id)}
-    assert {"results.md", "results.csv", "results.json", "results.png", "trials.csv"} <= artifacts
-    table = Path(mlflow.artifacts.download_artifacts(run_id=parent.info.run_id, artifact_path="results.md")).read_text()
-    assert "| Model | T=2 | T=5 |" in table and "| Distillation | " in table
-
-    second = sweep(cluster, tracking_server, tmp_path, temperatures="2,5", seeds="12")
-    assert second.returncode == 0, second.stderr[-5000:]
-    assert len(sweep_runs_in_experiment()) == 2 and children(sweep_runs_in_experiment()[1].info.run_id) == []
-    trial_table = mlflow.artifacts.download_artifacts(run_id=sweep_runs_in_experiment()[1].info.run_id, artifact_path="trials.csv")
-    outcomes = Path(trial_table).read_text().splitlines()[1:]
-    assert len(outcomes) == 5 and all(",reused," in line for line in outcomes)
 
 
 def test_asha_stops_weak_distillations_early_and_no_stopped_run_counts(cluster, own_experiment, tmp_path):
