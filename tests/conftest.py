@@ -36,18 +36,10 @@ SHORT = {"num_steps": "40", "eval_every": "20"}
 SHORT_CHAMPION_URI = f"models:/kd-student@{registry.champion_alias(config.Config(num_steps=40, eval_every=20))}"
 
 
-# The suite runs on two pytest-xdist workers (pyproject.toml). Tests that start Ray clusters run
-# one after another on one worker: two at once would starve each other's trials on two cores.
-# Tests on the session's project store share a worker, so that the store is built once.
-RAY_MODULES = {"test_cluster_recipe.py", "test_scale.py", "test_sweeps.py"}
-
-
-def pytest_collection_modifyitems(items):
-    for item in items:
-        if item.path.name in RAY_MODULES:
-            item.add_marker(pytest.mark.xdist_group("ray"))
-        elif "project_store" in item.fixturenames:
-            item.add_marker(pytest.mark.xdist_group("project_store"))
+# The suite runs on two pytest-xdist workers (pyproject.toml), and modules mark their group:
+# tests that start Ray clusters ("ray") run one after another on one worker, since two at once
+# would starve each other's trials on two cores; tests on the session's project store
+# ("project_store") share a worker, so that the store is built once.
 
 
 def refuse_keras(dataset):

@@ -45,6 +45,8 @@ from kdflow import sweeps
 from scripts import postgres
 from tests.conftest import ROOT, free_port, install_debian_package
 
+pytestmark = pytest.mark.xdist_group("ray")  # tests/conftest.py says why
+
 PASSWORD = "kdflow-test-admin-password"
 FIRST_LINE = "# 1. A shared tracking server"
 MARKER = "KDFLOW_CLUSTER_RECIPE_TEST"

@@ -20,7 +20,7 @@ from scipy.special import softmax
 from kdflow import registry, runs, tracking
 from tests.conftest import MLFLOW, ROOT, SHORT, SHORT_CHAMPION_URI, run_id_of, succeeded
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("project_store")]  # tests/conftest.py says why
 
 def fixture_runs(store):
     """The teacher, the two distillations and the student that the session's store was filled with."""

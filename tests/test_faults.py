@@ -143,7 +143,11 @@ def test_stopping_mlflow_run_ends_the_run_killed(own_store, entry_point, stop):
         os.killpg(process.pid, signal.SIGINT)
     else:
         process.send_signal(signal.SIGTERM)
-    process.wait(timeout=60)
+    try:
+        process.wait(timeout=60)
+    except subprocess.TimeoutExpired:  # Say what it was doing: this has happened in full-suite runs only.
+        os.killpg(process.pid, signal.SIGKILL)
+        raise AssertionError(f"`mlflow run` outlived {stop} by 60 s:\n{process.communicate()[0][-5000:]}") from None
     deadline = time.monotonic() + 60
     while mlflow.search_runs(search_all_experiments=True, filter_string="attributes.status = 'RUNNING'",
                              output_format="list") and time.monotonic() < deadline:

@@ -16,7 +16,7 @@ import pytest
 from benchmarks import bench_scale
 from tests.conftest import install_debian_package
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]  # tests/conftest.py says why
 
 
 def test_trials_on_four_nodes_and_postgresql_and_faults_lose_nothing(fetched_mnist, monkeypatch, capsys):

@@ -20,7 +20,7 @@ import pytest
 from kdflow import sweeps, tracking, trials
 from tests.conftest import MLFLOW, ROOT, SHORT, free_port, serving
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]  # tests/conftest.py says why
 
 @pytest.fixture(scope="module")
 def tracking_server(tmp_path_factory):

@@ -16,7 +16,7 @@ import pytest
 
 from tests.conftest import MLFLOW, ROOT, SHORT_CHAMPION_URI, free_port, install_debian_package, serving
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("project_store")]  # tests/conftest.py says why
 
 CHROMIUM = Path("/usr/bin/chromium")
 # Chromium's background connections are refused on a closed network; these flags keep it quiet.

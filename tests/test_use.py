@@ -20,7 +20,7 @@ from PIL import Image
 from kdflow import predict
 from tests.conftest import MLFLOW, SHORT_CHAMPION_URI, free_port, serving, succeeded
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("project_store")]  # tests/conftest.py says why
 
 PREDICT = str(Path(sys.executable).parent / "kdflow-predict")
 
