@@ -128,14 +128,22 @@ def wait_until_ready(uri: str, server: subprocess.Popen) -> None:
             time.sleep(1)
 
 
+def default_signals() -> None:
+    for number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(number, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("entry_point, stop", [("teacher", "Ctrl-C"), ("distill", "kill")])
 def test_stopping_mlflow_run_ends_the_run_killed(own_store, entry_point, stop):
     """Ctrl-C reaches `mlflow run` and its job together; `kill` reaches `mlflow run` alone. A
     distillation stopped while it trains its own teacher stops that nested run as well."""
     command = [MLFLOW, "run", str(ROOT), "-e", entry_point, "--env-manager", "local",
                "-P", "num_steps=100000", "-P", "eval_every=10"]
+    # As from a terminal: Ctrl-C and SIGTERM at their defaults in `mlflow run`, whatever this test
+    # process inherited. A Python started with SIGINT ignored keeps ignoring it, and its children
+    # too: in full-suite runs something had left SIGINT ignored here, and the job trained on.
     process = subprocess.Popen(command, cwd=own_store.folder, env=own_store.env, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                               stderr=subprocess.STDOUT, text=True, start_new_session=True, preexec_fn=default_signals)
     for line in process.stdout:  # Wait until it (or the teacher a distillation started) is really training.
         if line.startswith("step 10:"):
             break
@@ -145,7 +153,7 @@ def test_stopping_mlflow_run_ends_the_run_killed(own_store, entry_point, stop):
         process.send_signal(signal.SIGTERM)
     try:
         process.wait(timeout=60)
-    except subprocess.TimeoutExpired:  # Say what it was doing: this has happened in full-suite runs only.
+    except subprocess.TimeoutExpired:  # Say what it was doing.
         os.killpg(process.pid, signal.SIGKILL)
         raise AssertionError(f"`mlflow run` outlived {stop} by 60 s:\n{process.communicate()[0][-5000:]}") from None
     deadline = time.monotonic() + 60
