@@ -234,7 +234,7 @@ def faults_run(trials: int, cluster, server: TrackingServer, logs: Path) -> dict
 
     def restart_server(sweep, driver):
         server.kill()
-        time.sleep(10)  # Down for long enough that the trials' calls meet a dead server.
+        time.sleep(5)  # Down for long enough that the trials' calls meet a dead server.
         server.start()
         return driver
 

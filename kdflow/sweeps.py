@@ -257,10 +257,10 @@ def run_trials(sweep: SweepConfig, recipe: dict) -> list[TrialResult]:
     check_resources(sweep, nodes)
     check_cluster_can_track(tracking_uri, len(nodes))
     outcomes, to_train = [], []
-    for trial in plan(sweep, recipe):
-        # Any source of the dataset must match its pinned digest, so it is known before loading.
-        digest = DATASET_DIGESTS[trial.config.dataset]
-        reused = tracking.find_finished_run(trial.kind, trial.config, digest, parent.experiment_id)
+    planned = plan(sweep, recipe)
+    # Any source of the dataset must match its pinned digest, so it is known before loading.
+    keys = [(trial.kind, tracking.run_key(trial.kind, trial.config, DATASET_DIGESTS[trial.config.dataset])) for trial in planned]
+    for trial, reused in zip(planned, tracking.find_finished_runs(keys, parent.experiment_id)):
         if reused is None:
             to_train.append(trial)
         else:

@@ -112,15 +112,26 @@ def _has_its_results(kind: str, run) -> bool:
     return kind != "teacher" or TEACHER_LOGITS_ARTIFACT in artifacts
 
 
-def find_finished_run(kind: str, config, data_digest: str, experiment_id: str):
-    """The newest FINISHED run of the experiment that trained exactly this (same run key) and
-    whose model (and a teacher's logits) can still be read, or None."""
+def find_finished_runs(wanted: list[tuple[str, str]], experiment_id: str) -> list:
+    """For each (kind, run key): the newest FINISHED run of the experiment with that key whose
+    model (and a teacher's logits) can still be read, or None.
+
+    One search for them all: a sweep asks for hundreds before its first trial starts.
+    """
+    keys = {key for _, key in wanted}
+    with_key = f"= '{next(iter(keys))}'" if len(keys) == 1 else "IS NOT NULL"
     runs = mlflow.search_runs(
         experiment_ids=[experiment_id],
-        filter_string=(
-            f"tags.`{RUN_KEY_TAG}` = '{run_key(kind, config, data_digest)}' and attributes.status = 'FINISHED'"
-        ),
+        filter_string=f"tags.`{RUN_KEY_TAG}` {with_key} and attributes.status = 'FINISHED'",
         order_by=["attributes.start_time DESC"],
         output_format="list",
     )
-    return next((run for run in runs if _has_its_results(kind, run)), None)
+    newest_first = {key: [run for run in runs if run.data.tags[RUN_KEY_TAG] == key] for key in keys}
+    return [next((run for run in newest_first[key] if _has_its_results(kind, run)), None) for kind, key in wanted]
+
+
+def find_finished_run(kind: str, config, data_digest: str, experiment_id: str):
+    """The newest FINISHED run of the experiment that trained exactly this (same run key) and
+    whose model (and a teacher's logits) can still be read, or None."""
+    (run,) = find_finished_runs([(kind, run_key(kind, config, data_digest))], experiment_id)
+    return run
