@@ -19,7 +19,6 @@ The student is trained for a few steps into a throw-away store: speed does not d
 
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -34,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from kdflow import registry  # noqa: E402  (the project root is on the path only from here)
 from kdflow.config import Config  # noqa: E402
+from scripts import servers  # noqa: E402
 
 # The champion of the throw-away 50-step student's setup; speed does not depend on the weights.
 MODEL_URI = f"models:/kd-student@{registry.champion_alias(Config(num_steps=50, eval_every=50))}"
@@ -83,24 +83,16 @@ def latencies(url: str, images: np.ndarray, batch: int) -> tuple[float, float]:
     return 1000 * statistics.median(times), 1000 * float(np.percentile(times, 99))
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def serve(env: dict, port: int) -> subprocess.Popen:
     mlflow_command = str(Path(sys.executable).parent / "mlflow")
     command = [mlflow_command, "models", "serve", "-m", MODEL_URI, "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]
     server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(180):
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
-            return server
-        except OSError:
-            time.sleep(1)
-    server.kill()
-    raise RuntimeError("mlflow models serve did not start")
+    try:
+        servers.wait_until_answers(f"http://127.0.0.1:{port}/ping", server)
+    except RuntimeError as error:
+        server.kill()
+        raise RuntimeError(f"mlflow models serve did not start ({error})") from None
+    return server
 
 
 def predict_peak_mib(images: np.ndarray, count: int, folder: str, env: dict) -> float:
@@ -129,7 +121,7 @@ def main() -> None:
         )
         speeds = throughput(images)
         peaks = {count: predict_peak_mib(images, count, folder, env) for count in PEAK_COUNTS}
-        port = free_port()
+        port = servers.free_port()
         server = serve(env, port)
         try:
             single = latencies(f"http://127.0.0.1:{port}", images, 1)

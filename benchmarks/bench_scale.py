@@ -38,7 +38,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,7 +48,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from kdflow import sweeps  # noqa: E402
-from scripts import postgres  # noqa: E402
+from scripts import postgres, servers  # noqa: E402
 
 MLFLOW = str(Path(sys.executable).parent / "mlflow")
 EXPERIMENT = "scale"
@@ -91,15 +90,10 @@ class TrackingServer:
         # A session of its own, so that killing it takes its worker processes too, as a crash would.
         self.process = subprocess.Popen(self.command, stdout=self.log.open("a"), stderr=subprocess.STDOUT,
                                         start_new_session=True)
-        deadline = time.monotonic() + 300
-        while True:
-            try:
-                urllib.request.urlopen(f"{self.uri}/health", timeout=5)
-                return
-            except OSError:
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"mlflow server did not start:\n{self.log.read_text()[-3000:]}") from None
-                time.sleep(1)
+        try:
+            servers.wait_until_answers(f"{self.uri}/health", self.process, timeout=300)
+        except RuntimeError as error:
+            raise RuntimeError(f"mlflow server did not start ({error}):\n{self.log.read_text()[-3000:]}") from None
 
     def kill(self) -> None:
         os.killpg(self.process.pid, signal.SIGKILL)
@@ -307,8 +301,8 @@ def main(argv: list[str] | None = None) -> dict:
         os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).parent / "call_timer"),
                                                                   os.environ.get("PYTHONPATH")]))
         os.environ["KDFLOW_BENCH_CALL_LOG"] = str(folder / "calls")
-        with postgres.running(folder / "postgres", _free_port()) as backend_uri, ray_cluster(arguments.nodes) as cluster:
-            server = TrackingServer(backend_uri, folder, _free_port())
+        with postgres.running(folder / "postgres", servers.free_port()) as backend_uri, ray_cluster(arguments.nodes) as cluster:
+            server = TrackingServer(backend_uri, folder, servers.free_port())
             server.start()
             os.environ["MLFLOW_TRACKING_URI"] = server.uri
             mlflow.MlflowClient().create_experiment(EXPERIMENT)
@@ -363,14 +357,6 @@ def measure(arguments, arguments_grid, cluster, server, folder) -> dict:
                "efficiency": f"{ideal / wall:.2f}", "overhead_p50_s": f"{statistics.median(gaps):.1f}"}
     print("scale: " + " ".join(f"{name}={value}" for name, value in summary.items()), flush=True)
     return {**summary, "faults": faults}
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 if __name__ == "__main__":

@@ -10,11 +10,8 @@ import os
 import pickle
 import re
 import shutil
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 import zipfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,6 +21,7 @@ import numpy as np
 import pytest
 
 from kdflow import config, data, registry, tracking
+from scripts import servers
 
 ROOT = Path(__file__).resolve().parents[1]
 # `mlflow run --env-manager local` starts entry points with whatever `python` is on PATH: make it
@@ -168,27 +166,16 @@ def install_debian_package(package: str, installs: Path) -> str | None:
     return None
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @contextmanager
 def serving(command: list[str], ready_url: str, env=None, timeout: float = 180):
     """Start a server process, wait until ``ready_url`` answers, and stop the server afterwards."""
     server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + timeout
     try:
-        while True:
-            try:
-                urllib.request.urlopen(ready_url, timeout=2)
-                break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    server.kill()
-                    raise AssertionError(f"{command[:3]} did not start:\n{server.stderr.read()[-3000:]}")
-                time.sleep(1)
+        try:
+            servers.wait_until_answers(ready_url, server, timeout)
+        except RuntimeError as error:
+            server.kill()
+            raise AssertionError(f"{command[:3]} did not start ({error}):\n{server.stderr.read()[-3000:]}") from None
         yield
     finally:
         server.terminate()

@@ -43,7 +43,8 @@ import pytest
 
 from kdflow import sweeps
 from scripts import postgres
-from tests.conftest import ROOT, free_port, install_debian_package
+from scripts.servers import free_port
+from tests.conftest import ROOT, install_debian_package
 
 pytestmark = pytest.mark.xdist_group("ray")  # tests/conftest.py says why
 

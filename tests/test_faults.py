@@ -10,13 +10,13 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 
 import mlflow
 import pytest
 
 from kdflow import config, data, tracking
-from tests.conftest import MLFLOW, ROOT, ProjectStore, free_port, serving
+from scripts.servers import free_port, wait_until_answers
+from tests.conftest import MLFLOW, ROOT, ProjectStore, serving
 
 pytestmark = pytest.mark.slow
 
@@ -99,7 +99,7 @@ def test_a_tracking_server_killed_mid_run_and_restarted_leaves_the_run_failed(fe
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        wait_until_ready(uri, server)
+        wait_until_answers(f"{uri}/health", server)
         job = subprocess.Popen(
             [sys.executable, str(ROOT / "entrypoints" / "student.py"), "--num_steps", "1000000", "--eval_every", "10"],
             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -115,17 +115,6 @@ def test_a_tracking_server_killed_mid_run_and_restarted_leaves_the_run_failed(fe
         assert job.returncode != 0, output[-3000:]
         (run,) = mlflow.search_runs(search_all_experiments=True, output_format="list")
         assert_failed_and_never_reused(run, "student", {"FAILED"}, "MlflowException")
-
-
-def wait_until_ready(uri: str, server: subprocess.Popen) -> None:
-    deadline = time.monotonic() + 180
-    while True:
-        try:
-            urllib.request.urlopen(f"{uri}/health", timeout=2)
-            return
-        except OSError:
-            assert server.poll() is None and time.monotonic() < deadline, "the tracking server did not start"
-            time.sleep(1)
 
 
 def default_signals() -> None:

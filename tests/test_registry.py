@@ -14,7 +14,8 @@ import pytest
 
 from kdflow import registry
 from kdflow.config import DEFAULTS, Config
-from tests.conftest import MLFLOW, free_port, serving
+from scripts.servers import free_port
+from tests.conftest import MLFLOW, serving
 
 pytestmark = pytest.mark.slow
 

@@ -18,7 +18,8 @@ import mlflow
 import pytest
 
 from kdflow import sweeps, tracking, trials
-from tests.conftest import MLFLOW, ROOT, SHORT, free_port, serving
+from scripts.servers import free_port
+from tests.conftest import MLFLOW, ROOT, SHORT, serving
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]  # tests/conftest.py says why
 

@@ -14,7 +14,8 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from tests.conftest import MLFLOW, ROOT, SHORT_CHAMPION_URI, free_port, install_debian_package, serving
+from scripts.servers import free_port
+from tests.conftest import MLFLOW, ROOT, SHORT_CHAMPION_URI, install_debian_package, serving
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("project_store")]  # tests/conftest.py says why
 

@@ -18,7 +18,8 @@ import pytest
 from PIL import Image
 
 from kdflow import predict
-from tests.conftest import MLFLOW, SHORT_CHAMPION_URI, free_port, serving, succeeded
+from scripts.servers import free_port
+from tests.conftest import MLFLOW, SHORT_CHAMPION_URI, serving, succeeded
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("project_store")]  # tests/conftest.py says why
 
