@@ -1,6 +1,6 @@
 """Scale: many short distillations on an N-node Ray cluster, tracked by a PostgreSQL-backed mlflow server.
 
-Command (8 nodes, 200 trials; about 25 minutes on 2 cores, no GPU, more with --faults), from the
+Command (8 nodes, 200 trials; about 20 minutes on 2 cores, no GPU, 25 with --faults), from the
 project root in the README's environment with Debian's PostgreSQL server installed
 (`apt-get install postgresql`) and `pip install -e '.[postgres]'`:
 
