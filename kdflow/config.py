@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass
 
 from kdflow.data import DATASETS, EXPECTED_SHAPES, VALIDATION_SIZE
+from kdflow import precision
 
 KINDS = ("teacher", "student", "distill")
 TEACHER_SIGNALS = ("cached", "online")
@@ -34,7 +35,7 @@ RECIPES = {
 
 # Which parameters each kind of run takes. The standalone student trains at T = 1, as kdtf did,
 # so it has no temperature; only distillation needs a teacher and a loss weighting.
-_COMMON = ("num_steps", "batch_size", "learning_rate", "eval_every", "seed", "dataset", "data_dir")
+_COMMON = ("num_steps", "batch_size", "learning_rate", "eval_every", "seed", "dataset", "data_dir", "precision")
 KIND_PARAMETERS = {
     "teacher": ("temperature",) + _COMMON,
     "student": ("recipe",) + _COMMON,
@@ -64,6 +65,7 @@ class Config:
     teacher: str = ""  # teacher model URI (models:/...); empty: reuse or train a matching teacher
     teacher_signal: str = "cached"  # "cached": stored teacher logits; "online": run the teacher per batch (kdtf)
     hard_label_weight: float | None = None  # empty: kdtf's CE + T^2*CE_soft; w: w*CE + (1-w)*T^2*KL
+    precision: str = "auto"  # number format: "auto" (bfloat16 where the hardware has it), float32, bfloat16, float16
 
     def __post_init__(self):
         if self.teacher_temperature == self.temperature:
@@ -86,6 +88,8 @@ class Config:
             raise ValueError(f"learning_rate must be a finite number > 0, got {self.learning_rate}")
         if self.dataset not in DATASETS:
             raise ValueError(f"dataset must be one of {', '.join(DATASETS)}, got {self.dataset!r}")
+        if self.precision not in precision.PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(precision.PRECISIONS)}, got {self.precision!r}")
         if self.teacher_signal not in TEACHER_SIGNALS:
             raise ValueError(
                 f"teacher_signal must be one of {', '.join(TEACHER_SIGNALS)}, got {self.teacher_signal!r}"
@@ -104,8 +108,12 @@ class Config:
         """What every kind of run shares; results are compared in one table only within a setup."""
         return (
             f"{self.dataset} steps={self.num_steps} batch={self.batch_size} "
-            f"lr={self.learning_rate:g} eval_every={self.eval_every}"
+            f"lr={self.learning_rate:g} eval_every={self.eval_every} precision={self.precision}"
         )
+
+    def resolved(self) -> "Config":
+        """This configuration as this machine trains it: ``auto`` replaced by the format chosen here."""
+        return dataclasses.replace(self, precision=precision.resolve(self.precision))
 
     def teacher_config(self) -> "Config":
         """The configuration of the teacher a distillation learns from (kdtf: the same T)."""

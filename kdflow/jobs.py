@@ -68,7 +68,9 @@ def train_teacher(config: Config, on_evaluation) -> None:
     """The CNN trained at temperature T on hard labels, as kdtf did; stores its training logits."""
     from kdflow import models, training
 
-    teacher, splits = _train_on_hard_labels("teacher", config, models.build_teacher, config.temperature, on_evaluation)
+    teacher, splits = _train_on_hard_labels(
+        "teacher", config, lambda: models.build_teacher(config.precision), config.temperature, on_evaluation
+    )
     # Every distillation run at any temperature reads these instead of running the teacher again.
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / tracking.TEACHER_LOGITS_ARTIFACT
@@ -81,7 +83,7 @@ def train_teacher(config: Config, on_evaluation) -> None:
 def _build_student(config: Config):
     from kdflow import models
 
-    return models.build_student(RECIPES[config.recipe].student_initializer)
+    return models.build_student(RECIPES[config.recipe].student_initializer, config.precision)
 
 
 def train_student(config: Config, on_evaluation) -> None:

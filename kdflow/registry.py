@@ -108,11 +108,15 @@ def registered_name(kind: str, dataset: str) -> str:
 
 def champion_alias(config: Config) -> str:
     """The alias of a setup's best student: ``champion`` for kdtf's setup (5000 steps of 128 at
-    0.001, evaluated every 100), else e.g. ``champion-steps40-batch128-lr0_001-every20``."""
-    if config.setup() == dataclasses.replace(DEFAULTS, dataset=config.dataset).setup():
+    0.001, evaluated every 100, in the format ``auto`` picks here), else e.g.
+    ``champion-steps40-batch128-lr0_001-every20-float32``."""
+    if config.setup() == dataclasses.replace(DEFAULTS, dataset=config.dataset).resolved().setup():
         return CHAMPION
     learning_rate = f"{config.learning_rate:g}".replace(".", "_")  # Aliases take letters, digits, _ and -.
-    return f"{CHAMPION}-steps{config.num_steps}-batch{config.batch_size}-lr{learning_rate}-every{config.eval_every}"
+    return (
+        f"{CHAMPION}-steps{config.num_steps}-batch{config.batch_size}-lr{learning_rate}"
+        f"-every{config.eval_every}-{config.precision}"
+    )
 
 
 def log_model(keras_model, kind: str, config: Config, example_images: np.ndarray, validation_accuracy: float):

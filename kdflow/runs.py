@@ -68,8 +68,10 @@ def tracked_run(kind: str, parent_run_id=None, experiment_id=None, tags=None):
 
     The error goes into a tag and an ``error.txt`` artifact, so a failed run says why in the UI,
     and whatever the run logged before the failure stays. A sweep's trials pass their parent.
+    MLflow samples the machine's CPU, memory, disk and network (and NVIDIA GPUs, with the gpu
+    extra) every 10 s while the run lasts: the run page's System metrics tab.
     """
-    run = mlflow.start_run(experiment_id=experiment_id, parent_run_id=parent_run_id, tags=tags)
+    run = mlflow.start_run(experiment_id=experiment_id, parent_run_id=parent_run_id, tags=tags, log_system_metrics=True)
     try:
         mlflow.set_tags({tracking.KIND_TAG: kind, tracking.CODE_VERSION_TAG: tracking.code_version()})
         client = mlflow.MlflowClient()
@@ -142,7 +144,8 @@ def describe_run(kind: str, config: Config) -> None:
     ``kdflow.params`` tag, which the results table and sweep resumption read.
     """
     params = config.params(kind)
-    log_params(params)
+    # Under `mlflow run` the parameter precision keeps what was typed ("auto"); this is what ran.
+    log_params(params | {"precision_used": config.precision})
     name_run(run_name(kind, config), DESCRIPTIONS[kind].format(**vars(config)))
     # A teacher is the same in every recipe (they differ in the student): it is the kdtf teacher.
     recipe = config.recipe if kind != "teacher" else "kdtf"
@@ -175,7 +178,10 @@ def run_job(kind: str, config: Config, on_evaluation=tracking.log_evaluation) ->
 
     ``on_evaluation`` receives each evaluation (a sweep's trial also reports it to Ray Tune).
     The run key comes last: a run that failed anywhere before it is never reused or counted.
+    ``auto`` precision is resolved first, on the machine that trains, so that the parameters,
+    the setup, the run key and the teacher looked up all name the format actually used.
     """
+    config = config.resolved()
     describe_run(kind, config)
     JOBS[kind](config, on_evaluation)
     if kind == "distill":

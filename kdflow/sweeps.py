@@ -259,7 +259,11 @@ def run_trials(sweep: SweepConfig, recipe: dict) -> list[TrialResult]:
     outcomes, to_train = [], []
     planned = plan(sweep, recipe)
     # Any source of the dataset must match its pinned digest, so it is known before loading.
-    keys = [(trial.kind, tracking.run_key(trial.kind, trial.config, DATASET_DIGESTS[trial.config.dataset])) for trial in planned]
+    # Each trial resolves precision=auto on its own node; the driver looks up what it would choose.
+    keys = [
+        (trial.kind, tracking.run_key(trial.kind, trial.config.resolved(), DATASET_DIGESTS[trial.config.dataset]))
+        for trial in planned
+    ]
     for trial, reused in zip(planned, tracking.find_finished_runs(keys, parent.experiment_id)):
         if reused is None:
             to_train.append(trial)

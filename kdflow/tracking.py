@@ -8,6 +8,7 @@ The tracking URI comes from the environment (``mlflow run`` hands ``MLFLOW_TRACK
 calls ``set_tracking_uri``, which would break that hand-over.
 """
 
+import functools
 import hashlib
 import json
 from pathlib import Path
@@ -37,11 +38,15 @@ TEACHER_LOGITS_ARTIFACT = "teacher_logits.npy"
 # (tests/test_layers.py derives that set from the imports and holds this list to it). Naming,
 # run lifecycle, tables, sweeps, prediction and the command line are left out, so mending them
 # does not make hours of finished runs unusable for reuse.
-TRAINING_MODULES = ("config", "data", "models", "losses", "training", "tracking", "registry", "jobs")
+TRAINING_MODULES = ("config", "data", "models", "losses", "training", "tracking", "registry", "jobs", "precision")
 
 
+@functools.cache
 def code_version() -> str:
-    """A digest of the training modules: reuse is only safe when this matches, git or no git."""
+    """A digest of the training modules: reuse is only safe when this matches, git or no git.
+
+    Read once per process: the code that runs is the code that was loaded.
+    """
     digest = hashlib.sha256()
     for module in TRAINING_MODULES:
         path = PROJECT_ROOT / "kdflow" / f"{module}.py"
@@ -126,7 +131,9 @@ def find_finished_runs(wanted: list[tuple[str, str]], experiment_id: str) -> lis
         order_by=["attributes.start_time DESC"],
         output_format="list",
     )
-    newest_first = {key: [run for run in runs if run.data.tags[RUN_KEY_TAG] == key] for key in keys}
+    newest_first = {key: [] for key in keys}
+    for run in runs:
+        newest_first.get(run.data.tags[RUN_KEY_TAG], []).append(run)
     return [next((run for run in newest_first[key] if _has_its_results(kind, run)), None) for kind, key in wanted]
 
 

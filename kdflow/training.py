@@ -100,9 +100,14 @@ def train(
 
     ``objective`` computes the loss of one batch as yielded by ``batches``; it calls the model
     with ``training=True`` so dropout is on. ``splits`` is a :class:`kdflow.data.Splits` and
-    ``config`` a :class:`kdflow.config.Config` (num_steps, eval_every, learning_rate, batch_size).
+    ``config`` a :class:`kdflow.config.Config` (num_steps, eval_every, learning_rate, batch_size,
+    precision); the model was built in ``config.precision``.
     """
     optimizer = keras.optimizers.Adam(config.learning_rate)
+    if config.precision == "float16":
+        # float16's narrow exponent turns small gradients into zeros: scale the loss up before
+        # differentiating, and the gradients down before the update (bfloat16 has float32's range).
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     variables = model.trainable_variables
     optimizer.build(variables)
 
@@ -114,7 +119,8 @@ def train(
         for index in tf.range(count):
             with tf.GradientTape() as tape:
                 loss = objective(*next(iterator))
-            optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+                scaled_loss = optimizer.scale_loss(loss)  # The loss itself unless loss scaling is on.
+            optimizer.apply_gradients(zip(tape.gradient(scaled_loss, variables), variables))
             losses = losses.write(index, loss)
         return tf.reduce_mean(losses.stack())
 

@@ -27,7 +27,7 @@ def test_defaults_are_the_kdtf_recipe():
     assert config.DEFAULTS.params("distill") == {
         "recipe": "kdtf", "teacher_temperature": "", "temperature": "5.0", "num_steps": "5000", "batch_size": "128", "learning_rate": "0.001",
         "eval_every": "100", "seed": "12", "dataset": "mnist", "data_dir": "", "teacher": "",
-        "teacher_signal": "cached", "hard_label_weight": "",
+        "teacher_signal": "cached", "hard_label_weight": "", "precision": "auto",
     }
 
 
@@ -38,7 +38,7 @@ def test_defaults_are_the_kdtf_recipe():
         ("num_steps", "0"), ("batch_size", "-3"), ("eval_every", "0"), ("learning_rate", "0"),
         ("dataset", "cifar10"), ("teacher_signal", "sometimes"), ("hard_label_weight", "1.5"), ("seed", "twelve"),
         ("num_steps", "2.5"), ("recipe", "best"), ("teacher_temperature", "-2"),
-        ("seed", "-1"), ("seed", str(2**32)), ("batch_size", "55001"),
+        ("seed", "-1"), ("seed", str(2**32)), ("batch_size", "55001"), ("precision", "int8"),
     ],
 )
 def test_bad_values_raise_value_error_naming_the_parameter(name, text):

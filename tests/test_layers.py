@@ -16,6 +16,7 @@ from kdflow import tracking
 ROOT = Path(__file__).resolve().parents[1]
 # Lowest first: a module may import only from the layers below its own (README, Layout).
 LAYERS = (
+    ("precision",),  # the number format and what "auto" picks: pure
     ("data", "losses", "models"),  # pure: no MLflow, no Ray
     ("config", "training"),  # the parameters; the training loop
     ("tracking", "registry", "store"),  # what a run stores and its reuse key; logged models; the SQLite file set up
