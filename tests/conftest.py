@@ -31,7 +31,7 @@ MLFLOW = str(Path(sys.executable).parent / "mlflow")
 # Runs in tests are short: accuracy is judged in benchmarks/, not here.
 SHORT = {"num_steps": "40", "eval_every": "20"}
 # The champion of the short runs' setup (kdtf's own setup has the plain @champion).
-SHORT_CHAMPION_URI = f"models:/kd-student@{registry.champion_alias(config.Config(num_steps=40, eval_every=20))}"
+SHORT_CHAMPION_URI = f"models:/kd-student@{registry.champion_alias(config.Config(num_steps=40, eval_every=20).resolved())}"
 
 
 # The suite runs on two pytest-xdist workers (pyproject.toml), and modules mark their group:
@@ -81,7 +81,9 @@ class ProjectStore:
     def __init__(self, folder: Path, cache: Path):
         self.folder = folder
         self.uri = f"sqlite:///{folder}/mlflow.db"
-        self.env = {**os.environ, "MLFLOW_TRACKING_URI": self.uri, "KDFLOW_CACHE_DIR": str(cache)}
+        # System metrics every second rather than every 10: the short runs here last seconds.
+        self.env = {**os.environ, "MLFLOW_TRACKING_URI": self.uri, "KDFLOW_CACHE_DIR": str(cache),
+                    "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "1"}
 
     def run(self, entry_point: str, **parameters) -> subprocess.CompletedProcess:
         command = [MLFLOW, "run", str(ROOT), "-e", entry_point, "--env-manager", "local"]

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from scipy.special import softmax
 
-from kdflow import registry, runs, tracking
+from kdflow import precision, registry, runs, tracking
 from tests.conftest import MLFLOW, ROOT, SHORT, SHORT_CHAMPION_URI, run_id_of, succeeded
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("project_store")]  # tests/conftest.py says why
@@ -61,6 +61,13 @@ def test_runs_log_metrics_dataset_model_and_results(store):
         assert dataset_input.dataset.name == "mnist-train"
         assert run.data.tags[tracking.DATA_DIGEST_TAG].startswith(dataset_input.dataset.digest)
         assert tracking.RUN_KEY_TAG in run.data.tags  # Complete: reusable and counted.
+        # precision=auto (the default) becomes this machine's format before anything is recorded;
+        # the teacher, started by the distillation, is given the resolved format.
+        assert run.data.params["precision"] in ("auto", precision.resolve("auto"))
+        assert run.data.params["precision_used"] == precision.resolve("auto")
+        assert run.data.tags[tracking.SETUP_TAG].endswith(f" precision={precision.resolve('auto')}")
+        # What the run page's System metrics tab draws.
+        assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= set(run.data.metrics)
         model_info = mlflow.models.get_model_info(run.data.tags[tracking.MODEL_URI_TAG])
         assert model_info.signature.outputs.input_names() == ["digit", "probabilities"]
         assert model_info.saved_input_example_info is not None

@@ -4,6 +4,7 @@ Several processes register a version each against a real `mlflow server` on 127.
 the champion at the same moment, as trials of a sweep finishing together would.
 """
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -37,9 +38,14 @@ def test_names_and_aliases_keep_datasets_and_setups_apart():
     assert registry.registered_name("distill", "mnist") == "kd-student"
     assert registry.registered_name("student", "fashion_mnist") == "kd-student-fashion-mnist"
     assert registry.registered_name("teacher", "fashion_mnist") == "kd-teacher-fashion-mnist"
-    assert registry.champion_alias(DEFAULTS) == registry.champion_alias(Config(dataset="fashion_mnist")) == "champion"
-    short = Config(num_steps=40, eval_every=20, learning_rate=0.0005)
-    assert registry.champion_alias(short) == "champion-steps40-batch128-lr0_0005-every20"
+    # Runs name their aliases from the configuration as they trained it, precision=auto resolved.
+    default = DEFAULTS.resolved()
+    assert registry.champion_alias(default) == registry.champion_alias(Config(dataset="fashion_mnist").resolved()) == "champion"
+    short = Config(num_steps=40, eval_every=20, learning_rate=0.0005, precision="float32")
+    assert registry.champion_alias(short) == "champion-steps40-batch128-lr0_0005-every20-float32"
+    # kdtf's setup in the format auto does not pick here is a setup of its own, with its own champion.
+    other = "float32" if default.precision != "float32" else "bfloat16"
+    assert registry.champion_alias(dataclasses.replace(default, precision=other)).endswith(f"-every100-{other}")
 
 
 def test_many_runs_finishing_at_once_leave_the_best_champion(tmp_path, monkeypatch):

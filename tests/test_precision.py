@@ -1,0 +1,94 @@
+"""The number format: what ``auto`` picks on which hardware, and networks that keep float32 at their edges.
+
+The choice is a pure function of the CPU's flags and the GPUs' compute capabilities, so every
+branch, the GPU ones included, is tested here on a machine without a GPU. The same function is
+what a run calls (``precision.resolve``) with this machine's flags and GPUs.
+"""
+
+import keras
+import numpy as np
+import pytest
+
+from kdflow import losses, models, precision, training
+from kdflow.config import Config
+
+SAPPHIRE_RAPIDS = frozenset({"avx512f", "avx512_bf16", "amx_bf16", "amx_tile"})
+COOPER_LAKE = frozenset({"avx512f", "avx512_bf16"})
+SKYLAKE = frozenset({"avx2", "avx512f"})
+
+
+@pytest.mark.parametrize(
+    "cpu, gpus, chosen",
+    [
+        (SKYLAKE, [], "float32"),  # no native bf16: bfloat16 would be emulated, slower than float32
+        (COOPER_LAKE, [], "bfloat16"),
+        (SAPPHIRE_RAPIDS, [], "bfloat16"),
+        (frozenset({"amx_bf16"}), [], "bfloat16"),
+        (SKYLAKE, [(8, 0)], "bfloat16"),  # A100: the GPU decides, whatever the CPU has
+        (SKYLAKE, [(9, 0), (8, 6)], "bfloat16"),
+        (SAPPHIRE_RAPIDS, [(7, 0)], "float16"),  # V100: tensor cores for float16 only
+        (SAPPHIRE_RAPIDS, [(8, 0), (7, 5)], "float16"),  # one older card decides for the trial
+        (SKYLAKE, [(0, 0)], "float16"),  # a GPU that does not say: the safe narrow format
+    ],
+)
+def test_auto_picks_by_hardware(cpu, gpus, chosen):
+    assert precision.choose("auto", cpu, gpus) == chosen
+
+
+@pytest.mark.parametrize("requested", ["float32", "bfloat16", "float16"])
+def test_a_format_asked_for_is_kept_on_any_hardware(requested):
+    for cpu, gpus in [(SKYLAKE, []), (SAPPHIRE_RAPIDS, []), (SKYLAKE, [(7, 0)]), (SKYLAKE, [(9, 0)])]:
+        assert precision.choose(requested, cpu, gpus) == requested
+
+
+def test_cpu_flags_come_from_cpuinfo(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: Xeon\nflags\t\t: fpu avx512f avx512_bf16 amx_tile\n\n")
+    assert precision.cpu_flags(cpuinfo) == frozenset({"fpu", "avx512f", "avx512_bf16", "amx_tile"})
+    assert precision.cpu_flags(tmp_path / "missing") == frozenset()  # not Linux: auto means float32
+
+
+def test_this_machine_resolves_to_a_concrete_format():
+    chosen = precision.resolve("auto")
+    assert chosen in precision.POLICIES
+    assert chosen == precision.choose("auto", precision.cpu_flags(), precision.gpu_capabilities())
+    assert Config().resolved().precision == chosen and Config(precision="float32").resolved().precision == "float32"
+
+
+@pytest.mark.parametrize("build", [models.build_teacher, lambda fmt: models.build_student("normal", fmt)])
+@pytest.mark.parametrize("fmt", ["bfloat16", "float16"])
+def test_narrow_networks_compute_narrow_and_keep_float32_weights_and_logits(build, fmt):
+    keras.utils.set_random_seed(12)
+    network = build(fmt)
+    compute_dtypes = {layer.compute_dtype for layer in network.layers[:-1]}
+    assert compute_dtypes == {fmt}
+    assert {variable.dtype for variable in network.weights} == {"float32"}  # Adam updates float32 weights.
+    logits = network(np.random.default_rng(0).random((4, 28, 28), dtype=np.float32), training=False)
+    assert logits.dtype == "float32"  # The softmax and the losses never see 16 bits.
+
+
+def test_float32_networks_have_no_extra_layer():
+    """A float32 network is the one kdflow built before precision existed, so its runs repeat exactly."""
+    for network in (models.build_teacher("float32"), models.build_student("normal", "float32")):
+        assert {layer.compute_dtype for layer in network.layers} == {"float32"}
+        assert not any(isinstance(layer, keras.layers.Activation) for layer in network.layers)
+
+
+@pytest.mark.slow
+def test_float16_training_with_loss_scaling_learns_like_float32(fetched_mnist):
+    """float16 is what auto picks on GPUs without bf16; here it runs (slowly) on the CPU, the same code path."""
+    splits = fetched_mnist[0]
+
+    def best_validation_accuracy(fmt: str) -> float:
+        config = Config(num_steps=60, eval_every=30, precision=fmt, recipe="tuned")
+        training.make_deterministic(config.seed)
+        student = models.build_student("zeros", config.precision)
+
+        def objective(images, labels):
+            return losses.hard_loss(labels, student(images, training=True), 1.0)
+
+        batches = training.training_batches((splits.train_images, splits.train_labels), config.batch_size, config.seed)
+        return training.train(student, objective, batches, splits, config).best_validation_accuracy
+
+    # The same batches from the same zero start: float16 arithmetic may cost a little, not the learning.
+    assert best_validation_accuracy("float16") == pytest.approx(best_validation_accuracy("float32"), abs=0.02)
