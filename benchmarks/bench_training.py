@@ -1,7 +1,7 @@
 """Training speed of the core entry points in float32 and bfloat16, as ratios against baselines
 run in this same script.
 
-Command (about 15 minutes on 2 cores, no GPU), from the project root in the README's environment:
+Command (about 9 minutes on 2 cores with native bf16, no GPU), from the project root in the README's environment:
 
     python benchmarks/bench_training.py [--reproduction-store DIR]
 
