@@ -50,7 +50,7 @@ def bare_teacher_images_per_second(splits, steps: int, precision: str, batch_siz
     from kdflow import losses, models
 
     keras.utils.set_random_seed(12)
-    teacher = models.build_teacher(precision)
+    teacher = models.build_teacher(precision=precision)
     optimizer = keras.optimizers.Adam(0.001)
     optimizer.build(teacher.trainable_variables)
     images = tf.constant(splits.train_images[: batch_size * 16])
@@ -81,7 +81,7 @@ def inference_images_per_second(splits, precision: str) -> tuple[float, float]:
     from kdflow import models, training
 
     keras.utils.set_random_seed(12)
-    teacher = models.build_teacher(precision)
+    teacher = models.build_teacher(precision=precision)
     images = splits.validation_images
     bare_call = tf.function(lambda batch: teacher(batch, training=False))
     size = training.PREDICT_BATCH_SIZE

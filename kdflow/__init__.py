@@ -6,6 +6,7 @@ The package is split by concern into layers; a module imports only from layers b
 - ``cli``: the command line of every entry point and ``kdflow-predict``: parse, run, message, exit status.
 - ``sweeps``: temperature and seed trials over a Ray cluster with Ray Tune, each a tracked run.
 - ``runs``: one job inside one tracked MLflow run: start and end, name, description, results table.
+- ``cards``: the model card of every registered student version, from its run and its table cell.
 - ``jobs``: the teacher, student and distill training jobs. ``results``: the kdtf results table
   regenerated from the tracked runs. ``predict``: image files to digits and a model's answers.
 - ``tracking``: what a run stores and its reuse key. ``registry``: the pyfunc model, registration
@@ -13,5 +14,5 @@ The package is split by concern into layers; a module imports only from layers b
 - ``config``: every hyperparameter, its default (the original kdtf recipe) and its validation.
   ``training``: the training loop with evaluation and best-validation restore.
 - ``data``: MNIST and Fashion-MNIST from checked sources. ``models``: the teacher CNN and the
-  softmax-regression student. ``losses``: the teacher loss at temperature T and the distillation losses.
+  students: softmax regression and Hinton et al.'s 800-800 MLP. ``losses``: the teacher loss at temperature T and the distillation losses.
 """

@@ -41,7 +41,7 @@ def _finish(kind: str, config: Config, model, result, splits) -> None:
     model_info = registry.log_model(model, kind, config, splits.validation_images, result.best_validation_accuracy)
     mlflow.set_tag(tracking.MODEL_URI_TAG, model_info.model_uri)
     if kind != "teacher":
-        name, alias = registry.registered_name(kind, config.dataset), registry.champion_alias(config)
+        name, alias = registry.registered_name(kind, config.dataset, config.student_model), registry.champion_alias(config)
         if registry.crown_champion(name, config.setup(), alias) == model_info.registered_model_version:
             print(f"{name} version {model_info.registered_model_version} is now @{alias}")
     print(f"{kind}: test_accuracy {result.test_accuracy:.4f} (best validation step {result.best_step})")
@@ -68,9 +68,10 @@ def train_teacher(config: Config, on_evaluation) -> None:
     """The CNN trained at temperature T on hard labels, as kdtf did; stores its training logits."""
     from kdflow import models, training
 
-    teacher, splits = _train_on_hard_labels(
-        "teacher", config, lambda: models.build_teacher(config.precision), config.temperature, on_evaluation
-    )
+    def build_teacher():
+        return models.build_teacher(config.teacher_initializer, config.precision)
+
+    teacher, splits = _train_on_hard_labels("teacher", config, build_teacher, config.temperature, on_evaluation)
     # Every distillation run at any temperature reads these instead of running the teacher again.
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / tracking.TEACHER_LOGITS_ARTIFACT
@@ -83,11 +84,12 @@ def train_teacher(config: Config, on_evaluation) -> None:
 def _build_student(config: Config):
     from kdflow import models
 
-    return models.build_student(RECIPES[config.recipe].student_initializer, config.precision)
+    initializer = RECIPES[config.recipe].student_initializer(config.student_model)
+    return models.build_student(config.student_model, initializer, config.precision)
 
 
 def train_student(config: Config, on_evaluation) -> None:
-    """Softmax regression on hard labels alone, at T = 1: kdtf's "student only" row."""
+    """The student network on hard labels alone, at T = 1: kdtf's "student only" row."""
     _train_on_hard_labels("student", config, lambda: _build_student(config), 1.0, on_evaluation)
 
 

@@ -99,17 +99,19 @@ class DigitClassifier(mlflow.pyfunc.PythonModel):
         return pd.DataFrame({"digit": probabilities.argmax(axis=1), "probabilities": list(probabilities)})
 
 
-def registered_name(kind: str, dataset: str) -> str:
-    """kd-teacher or kd-student for MNIST; other datasets have their own, so that a network of
-    another dataset can never answer for digits."""
-    name = "kd-teacher" if kind == "teacher" else "kd-student"
+def registered_name(kind: str, dataset: str, student_model: str = "softmax") -> str:
+    """kd-teacher or kd-student for MNIST softmax regression, kd-student-mlp for the MLP student;
+    other datasets have their own, so that a network of another dataset can never answer for
+    digits. Each network has its own registered model, so each has its own champion."""
+    name = "kd-teacher" if kind == "teacher" else "kd-student" if student_model == "softmax" else f"kd-student-{student_model}"
     return name if dataset == "mnist" else f"{name}-{dataset.replace('_', '-')}"
 
 
 def champion_alias(config: Config) -> str:
     """The alias of a setup's best student: ``champion`` for kdtf's setup (5000 steps of 128 at
     0.001, evaluated every 100, in the format ``auto`` picks here), else e.g.
-    ``champion-steps40-batch128-lr0_001-every20-float32``."""
+    ``champion-steps40-batch128-lr0_001-every20-float32``. ``auto`` is named by what it picks here."""
+    config = config.resolved()
     if config.setup() == dataclasses.replace(DEFAULTS, dataset=config.dataset).resolved().setup():
         return CHAMPION
     learning_rate = f"{config.learning_rate:g}".replace(".", "_")  # Aliases take letters, digits, _ and -.
@@ -121,7 +123,7 @@ def champion_alias(config: Config) -> str:
 
 def log_model(keras_model, kind: str, config: Config, example_images: np.ndarray, validation_accuracy: float):
     """Log the network as this run's model, register it, and return MLflow's ModelInfo."""
-    name = registered_name(kind, config.dataset)
+    name = registered_name(kind, config.dataset, config.student_model)
     example = (example_images[:3] * 255).round().astype(np.uint8)
     with tempfile.TemporaryDirectory() as folder:
         keras_path = Path(folder) / "model.keras"

@@ -1,14 +1,17 @@
 """The kdtf README results table, regenerated from the tracked runs of an MLflow experiment.
 
 Runs are tagged with their kind (teacher, student, distill), recipe preset, setup (dataset, steps,
-batch, learning rate) and canonical parameters (temperature, seed, hard-label weight, teacher temperature),
-and log their test accuracy. The finished, complete runs (their run key written) of the running
-code version are grouped by setup and recipe, so that different recipes are never averaged
-together, into one table each (a setup's teachers, the same in every recipe, appear in each of
-its tables): rows Teacher / Distillation / Student only, one column per temperature, cells
-``mean ± std (n)`` in percent over seeds, the kdtf numbers beside. A cell counts each seed once:
-the newest run of that seed, so rerunning a command never inflates n or invents a spread.
-Every cell keeps the ids of its runs, listed in the CSV and JSON, so each number can be traced.
+batch, learning rate) and canonical parameters (temperature, seed, hard-label weight, teacher temperature,
+student network, teacher initialiser), and log their test accuracy. The finished, complete runs
+(their run key written) of the running code version are grouped by setup, recipe, student network
+and teacher initialiser, so that different students or teachers are never averaged together, into
+one table each (a setup's teachers, the same in every recipe, appear in each of its tables): rows
+Teacher / Distillation / Student only, one column per temperature, cells ``mean ± std (n)`` in
+percent over seeds, and beside them the published numbers the table reproduces: kdtf's README for
+softmax-regression students, Hinton et al. (2015) for the MLP student, in test errors as well.
+A cell counts each seed once: the newest run of that seed, so rerunning a command never inflates
+n or invents a spread. Every cell keeps the ids of its runs, listed in the CSV and JSON, so each
+number can be traced.
 """
 
 from __future__ import annotations
@@ -32,7 +35,14 @@ TEACHER, DISTILLATION, STUDENT = "Teacher", "Distillation", "Student only"
 KDTF_TEMPERATURES = (2.0, 5.0)
 KDTF_ACCURACY = {(TEACHER, 2.0): 97.9, (TEACHER, 5.0): 98.12, (DISTILLATION, 2.0): 89.14,
                  (DISTILLATION, 5.0): 90.77, (STUDENT, 2.0): 88.84, (STUDENT, 5.0): 88.84}
-CSV_FIELDS = ["recipe", "row", "temperature", "mean", "std", "n", "kdtf", "run_ids"]
+# Hinton et al. (2015), section 3, MNIST test errors: the big net (two hidden layers of 1200 units,
+# dropout, jittered images), the 800-800 net distilled at T = 20 from it (trained normally, at
+# T = 1: kdflow's fixed-teacher row), and the 800-800 net alone.
+HINTON_DISTILLATION = f"{DISTILLATION} (teacher T=1)"
+HINTON_ERRORS = {TEACHER: 67, HINTON_DISTILLATION: 74, STUDENT: 146}
+HINTON_TEMPERATURE = 20.0
+TEST_IMAGES = 10_000  # MNIST's and Fashion-MNIST's test split: errors = (100 - accuracy %) * 100
+CSV_FIELDS = ["recipe", "row", "temperature", "mean", "std", "n", "errors", "reference", "run_ids"]
 
 
 @dataclass(frozen=True)
@@ -47,6 +57,8 @@ class RunRecord:
     hard_label_weight: str
     teacher_temperature: str
     teacher: str  # a teacher model URI given explicitly; empty when the run found its own
+    student_model: str  # softmax or mlp (a teacher has none: its record says kdtf's)
+    teacher_initializer: str  # how the run's teacher started, normal or he (a student has none: as for student_model)
     code_version: str
     start_time: int  # milliseconds; of two runs of one seed in a cell, the newer one counts
     accuracy: float
@@ -60,7 +72,8 @@ class Cell:
     mean: float
     std: float | None  # The sample std (ddof=1) is undefined for one run, so it is None then.
     n: int
-    kdtf: float | None
+    errors: float  # mean test errors out of TEST_IMAGES
+    reference: float | None  # the published accuracy (%) the table compares this cell with
     run_ids: tuple[str, ...]
 
 
@@ -68,6 +81,7 @@ class Cell:
 class Table:
     """The table of one recipe: its row labels in display order, its columns and its cells."""
     recipe: str
+    reference: str  # whose numbers the cells are compared with: "kdtf" or "Hinton et al."
     rows: tuple[str, ...]
     temperatures: tuple[float, ...]
     cells: tuple[Cell, ...]
@@ -108,6 +122,8 @@ def collect_runs(experiment_id: str, include_run_id: str | None = None, client=N
             temperature=float(params.get("temperature", "1.0")), seed=params.get("seed", ""),
             hard_label_weight=params.get("hard_label_weight", "").strip(),
             teacher_temperature=params.get("teacher_temperature", "").strip(), teacher=params.get("teacher", ""),
+            student_model=params.get("student_model", "softmax"),
+            teacher_initializer=params.get("teacher_initializer", "normal"),
             code_version=tags.get(CODE_VERSION_TAG, ""), start_time=run.info.start_time,
             accuracy=float(metrics["test_accuracy"]),
         ))
@@ -132,26 +148,56 @@ def _row_of(record: RunRecord) -> tuple[tuple, str]:
             "student": ((3, "", 0.0, 0.0), STUDENT)}[record.kind]
 
 
-def _cell(row: str, temperature: float, records: list[RunRecord]) -> Cell:
+def _reference_accuracy(reference: str, row: str, temperature: float) -> float | None:
+    if reference == "kdtf":
+        return KDTF_ACCURACY.get((row, temperature))
+    published_at = {HINTON_DISTILLATION: HINTON_TEMPERATURE}.get(row, temperature)  # Only the distillation has a T.
+    errors = HINTON_ERRORS.get(row)
+    return 100.0 - 100.0 * errors / TEST_IMAGES if errors is not None and temperature == published_at else None
+
+
+def _cell(row: str, temperature: float, records: list[RunRecord], reference: str) -> Cell:
     newest = {}  # One value per seed: a repeated or resumed run of a seed replaces, never adds.
     for record in sorted(records, key=lambda record: record.start_time):
         newest[record.seed] = record
     records = list(newest.values())
     percents = [100.0 * record.accuracy for record in records]
     std = statistics.stdev(percents) if len(percents) > 1 else None
-    return Cell(row, temperature, statistics.mean(percents), std, len(percents),
-                KDTF_ACCURACY.get((row, temperature)), tuple(sorted(r.run_id for r in records)))
+    mean = statistics.mean(percents)
+    return Cell(row, temperature, mean, std, len(percents), (100.0 - mean) * TEST_IMAGES / 100.0,
+                _reference_accuracy(reference, row, temperature), tuple(sorted(r.run_id for r in records)))
+
+
+def _table_keys(records: list[RunRecord]) -> set[tuple[str, str, str, str]]:
+    """(setup, recipe, student network, teacher initialiser) of every table the runs make.
+
+    Distillations name all four. Students have no teacher: they join every table of their setup,
+    recipe and network, and make one beside kdtf's teachers when there is none. Teachers are
+    shared by every recipe and student of their setup; alone, they make a kdtf table.
+    """
+    keys = {(r.setup, r.recipe, r.student_model, r.teacher_initializer) for r in records if r.kind == "distill"}
+    keys |= {(r.setup, r.recipe, r.student_model, "normal") for r in records
+             if r.kind == "student" and not any(key[:3] == (r.setup, r.recipe, r.student_model) for key in keys)}
+    keys |= {(r.setup, "kdtf", "softmax", r.teacher_initializer) for r in records
+             if r.kind == "teacher" and not any((key[0], key[3]) == (r.setup, r.teacher_initializer) for key in keys)}
+    return keys
+
+
+def _in_table(record: RunRecord, setup: str, recipe: str, student_model: str, teacher_initializer: str) -> bool:
+    if record.setup != setup:
+        return False
+    if record.kind == "teacher":
+        return record.teacher_initializer == teacher_initializer
+    same_student = (record.recipe, record.student_model) == (recipe, student_model)
+    return same_student and (record.kind == "student" or record.teacher_initializer == teacher_initializer)
 
 
 def build_tables(records: list[RunRecord]) -> list[Table]:
-    """Group the runs by setup and recipe, then by row and temperature, and aggregate each group."""
-    keys = {(r.setup, r.recipe) for r in records if r.kind != "teacher"}
-    # Teachers are shared by the recipes of their setup; alone, they make a kdtf table.
-    setups_with_students = {setup for setup, _ in keys}
-    keys |= {(r.setup, "kdtf") for r in records if r.kind == "teacher" and r.setup not in setups_with_students}
+    """Group the runs into tables (``_table_keys``), then by row and temperature, and aggregate each group."""
     tables = []
-    for setup, recipe in sorted(keys):
-        in_recipe = [r for r in records if r.setup == setup and (r.kind == "teacher" or r.recipe == recipe)]
+    for setup, recipe, student_model, teacher_initializer in sorted(_table_keys(records)):
+        in_recipe = [r for r in records if _in_table(r, setup, recipe, student_model, teacher_initializer)]
+        reference = "kdtf" if student_model == "softmax" else "Hinton et al."
         # A distillation whose teacher trained at its own T is also the fixed-teacher curve's point
         # at that T (its teacher_temperature was normalised to empty, so it is the kdtf run).
         fixed_teachers = {(r.hard_label_weight, float(r.teacher_temperature)) for r in in_recipe if r.teacher_temperature}
@@ -167,38 +213,51 @@ def build_tables(records: list[RunRecord]) -> list[Table]:
                 # The student trains at T=1 whatever the column, so its one value fills them all.
                 group = [r for r in in_row if row == STUDENT or r.temperature == temperature]
                 if group:
-                    cells.append(_cell(row, temperature, group))
-        label = f"{recipe}: {setup}" if setup else recipe
-        tables.append(Table(label, tuple(rows.values()), tuple(temperatures), tuple(cells)))
+                    cells.append(_cell(row, temperature, group, reference))
+        variants = [f"student_model={student_model}"] if student_model != "softmax" else []
+        variants += [f"teacher_initializer={teacher_initializer}"] if teacher_initializer != "normal" else []
+        label = " ".join([recipe] + variants) + (f": {setup}" if setup else "")
+        tables.append(Table(label, reference, tuple(rows.values()), tuple(temperatures), tuple(cells)))
     return tables
 
 
-def _format(cell: Cell | None) -> str:
+def _format(cell: Cell | None, with_errors: bool) -> str:
     if cell is None:
         return "—"
     spread = f" ± {cell.std:.2f}" if cell.std is not None else ""
-    return f"{cell.mean:.2f}{spread} ({cell.n})"
+    return f"{cell.mean:.2f}{spread} ({cell.n})" + (f", {cell.errors:.0f} errors" if with_errors else "")
+
+
+def _reference_columns(table: Table) -> tuple[list[str], list[list[str]]]:
+    """The published numbers beside a table: kdtf's per temperature, or Hinton et al.'s per row."""
+    if table.reference == "kdtf":
+        values = [[f"{KDTF_ACCURACY[(row, t)]:.2f}" if (row, t) in KDTF_ACCURACY else "—" for t in KDTF_TEMPERATURES]
+                  for row in table.rows]
+        return [f"kdtf T={t:g}" for t in KDTF_TEMPERATURES], values
+    values = [[f"{100 - HINTON_ERRORS[row] / 100:.2f}, {HINTON_ERRORS[row]} errors" if row in HINTON_ERRORS else "—"]
+              for row in table.rows]
+    return [f"Hinton et al. (distilled at T={HINTON_TEMPERATURE:g})"], values
 
 
 def render_markdown(tables: list[Table], version: str = "", other_versions: int = 0) -> str:
-    """Render one Markdown table per recipe, with the kdtf numbers as the last two columns."""
+    """Render one Markdown table per recipe, with the published numbers as the last columns."""
     lines = ["# Results: test accuracy (%) on MNIST", "",
              "Each cell is mean ± sample std (number of seeds) over finished runs, one run per seed,",
-             "no std for one seed; kdtf columns: the original kdtf README. Run ids per cell: results.csv, results.json."]
+             "no std for one seed; kdtf columns: the original kdtf README; Hinton et al. columns: their",
+             "MNIST test errors (2015, section 3). Run ids per cell: results.csv, results.json."]
     if version:
         lines.append(f"Code version `{version}`; finished runs of other code versions, not counted: {other_versions}.")
     if not tables:
         return "\n".join(lines + ["", "No finished runs yet: there is nothing to tabulate.", ""])
     for table in tables:
-        header = ["Model"] + [f"T={t:g}" for t in table.temperatures]
-        header += [f"kdtf T={t:g}" for t in KDTF_TEMPERATURES]
+        reference_header, reference_values = _reference_columns(table)
+        header = ["Model"] + [f"T={t:g}" for t in table.temperatures] + reference_header
         lines += ["", f"## Recipe `{table.recipe}`", "", "| " + " | ".join(header) + " |",
                   "|" + "---|" * len(header)]
-        for row in table.rows:
-            ours = [_format(table.cell(row, t)) for t in table.temperatures]
-            kdtf = [f"{KDTF_ACCURACY[(row, t)]:.2f}" if (row, t) in KDTF_ACCURACY else "—"
-                    for t in KDTF_TEMPERATURES]
-            lines.append("| " + " | ".join([row] + ours + kdtf) + " |")
+        with_errors = table.reference != "kdtf"  # Hinton et al. count errors; kdtf gave percentages.
+        for row, published in zip(table.rows, reference_values):
+            ours = [_format(table.cell(row, t), with_errors) for t in table.temperatures]
+            lines.append("| " + " | ".join([row] + ours + published) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -214,9 +273,9 @@ def _plot(tables: list[Table], path: Path) -> None:
             cells = [c for c in table.cells if c.row == row]
             line = axes.errorbar([c.temperature for c in cells], [c.mean for c in cells],
                                  yerr=[c.std or 0.0 for c in cells], marker="o", capsize=3, label=row)
-            kdtf = [(t, KDTF_ACCURACY[(row, t)]) for t in KDTF_TEMPERATURES if (row, t) in KDTF_ACCURACY]
-            if kdtf:
-                axes.scatter(*zip(*kdtf), marker="x", s=60, color=line[0].get_color(), label=f"kdtf {row}")
+            published = [(c.temperature, c.reference) for c in cells if c.reference is not None]
+            if published:
+                axes.scatter(*zip(*published), marker="x", s=60, color=line[0].get_color(), label=f"{table.reference} {row}")
         # Temperatures span 1 to 20 in the curve, so a log axis spaces them evenly; ticks at each T.
         axes.set_xscale("log")
         axes.set_xticks(table.temperatures, [f"{t:g}" for t in table.temperatures], minor=False)
@@ -244,11 +303,12 @@ def write_results(tables: list[Table], out_dir: Path, markdown: str | None = Non
     return paths
 
 
-def regenerate(experiment_id: str, out_dir: Path, include_run_id: str | None = None) -> str:
-    """Collect the runs of this code version, build the tables, write the four files, return the Markdown."""
+def regenerate(experiment_id: str, out_dir: Path, include_run_id: str | None = None) -> tuple[str, list[Table]]:
+    """Collect the runs of this code version, build the tables, write the four files; return the
+    Markdown and the tables."""
     version = code_version()
     records = collect_runs(experiment_id, include_run_id)
     tables = build_tables([record for record in records if record.code_version == version])
     markdown = render_markdown(tables, version, sum(record.code_version != version for record in records))
     write_results(tables, out_dir, markdown)
-    return markdown
+    return markdown, tables

@@ -18,7 +18,7 @@ from pathlib import Path
 import mlflow
 from mlflow.exceptions import MlflowException
 
-from kdflow import results, tracking
+from kdflow import cards, results, tracking
 from kdflow.config import Config
 from kdflow.jobs import JOBS
 
@@ -27,12 +27,13 @@ from kdflow.jobs import JOBS
 DESCRIPTION_TAG = "mlflow.note.content"
 EXPERIMENT_KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 DESCRIPTIONS = {
-    "teacher": "Teacher: the CNN trained on the hard labels at T={temperature:g} for {num_steps} steps (seed {seed}). "
-    "Its logits on the training images (teacher_logits.npy) are the soft targets of the distillations naming it.",
-    "student": "Student only: softmax regression trained on the hard labels alone, at T=1, for {num_steps} steps "
-    "(seed {seed}, recipe {recipe}); the baseline that distillation has to beat.",
-    "distill": "Distillation: softmax regression trained on the hard labels and the teacher's soft targets at "
-    "T={temperature:g} for {num_steps} steps (seed {seed}, recipe {recipe}).",
+    "teacher": "Teacher: the CNN trained on the hard labels at T={temperature:g} for {num_steps} steps (seed {seed}, "
+    "initialiser {teacher_initializer}). Its logits on the training images (teacher_logits.npy) are the soft "
+    "targets of the distillations naming it.",
+    "student": "Student only: the {student_model} student trained on the hard labels alone, at T=1, for {num_steps} "
+    "steps (seed {seed}, recipe {recipe}); the baseline that distillation has to beat.",
+    "distill": "Distillation: the {student_model} student trained on the hard labels and the teacher's soft targets "
+    "at T={temperature:g} for {num_steps} steps (seed {seed}, recipe {recipe}).",
 }
 
 
@@ -44,13 +45,21 @@ class Stopped(Exception):
     """The run was stopped before it finished on purpose (a sweep's scheduler stopping it early): KILLED."""
 
 
-def recipe_suffix(recipe: str) -> str:
-    """What a run or sweep name adds for a recipe other than the original."""
-    return "" if recipe == "kdtf" else f"-{recipe}"
+def variant_suffix(kind: str, recipe: str, student_model: str, teacher_initializer: str) -> str:
+    """What a run or sweep name adds for choices other than kdtf's: the recipe and the student
+    network (which a teacher does not have), and how the teacher started (which a student does not)."""
+    parts = []
+    if kind != "teacher":
+        parts += [recipe] if recipe != "kdtf" else []
+        parts += [student_model] if student_model != "softmax" else []
+    if kind != "student" and teacher_initializer != "normal":
+        parts.append(teacher_initializer if kind == "teacher" else f"teacher-{teacher_initializer}")
+    return "".join(f"-{part}" for part in parts)
 
 
 def run_name(kind: str, config: Config) -> str:
-    """E.g. teacher-T5-seed12, student-seed12, distill-T5-seed12, distill-T5-teacherT1-w0.5-seed12-tuned."""
+    """E.g. teacher-T5-seed12, student-seed12, distill-T5-seed12, distill-T5-teacherT1-w0.5-seed12-tuned,
+    teacher-T1-seed12-he, distill-T20-teacherT1-seed12-tuned-mlp-teacher-he."""
     parts = [kind]
     if kind != "student":
         parts.append(f"T{config.temperature:g}")
@@ -59,7 +68,7 @@ def run_name(kind: str, config: Config) -> str:
     if kind == "distill" and config.hard_label_weight is not None:
         parts.append(f"w{config.hard_label_weight:g}")
     parts.append(f"seed{config.seed}")
-    return "-".join(parts) + (recipe_suffix(config.recipe) if kind != "teacher" else "")
+    return "-".join(parts) + variant_suffix(kind, config.recipe, config.student_model, config.teacher_initializer)
 
 
 @contextmanager
@@ -164,13 +173,14 @@ def _link_teacher() -> None:
     )
 
 
-def log_results() -> str:
-    """Regenerate the experiment's results table as the active run's artifacts; return the Markdown."""
+def log_results() -> tuple[str, list[results.Table]]:
+    """Regenerate the experiment's results table as the active run's artifacts; return the Markdown
+    and the tables."""
     run = mlflow.active_run()
     with tempfile.TemporaryDirectory() as folder:
-        table = results.regenerate(run.info.experiment_id, Path(folder), include_run_id=run.info.run_id)
+        markdown, tables = results.regenerate(run.info.experiment_id, Path(folder), include_run_id=run.info.run_id)
         mlflow.log_artifacts(folder)
-    return table
+    return markdown, tables
 
 
 def run_job(kind: str, config: Config, on_evaluation=tracking.log_evaluation) -> None:
@@ -186,7 +196,9 @@ def run_job(kind: str, config: Config, on_evaluation=tracking.log_evaluation) ->
     JOBS[kind](config, on_evaluation)
     if kind == "distill":
         _link_teacher()
-    print(log_results())
+    markdown, tables = log_results()
+    print(markdown)
+    cards.publish(kind, config, tables)
     tracking.mark_complete(kind, config)
 
 
@@ -195,4 +207,4 @@ def report() -> None:
     # A tracked run like the others, so a failed report also ends FAILED with its error recorded.
     with tracked_run("report"):
         name_run("report", "The results table, regenerated from the experiment's finished runs.")
-        print(log_results())
+        print(log_results()[0])

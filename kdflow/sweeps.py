@@ -330,9 +330,11 @@ def describe_sweep(sweep: SweepConfig, recipe: dict) -> None:
     fixed_teacher = f"-teacherT{','.join(f'{t:g}' for t in teachers)}" if teachers != list(sweep.temperatures) else ""
     weights = f"-w{','.join(f'{w:g}' for w in sweep.hard_label_weights)}" if sweep.hard_label_weights else ""
     scheduler = f", stopped early by {sweep.scheduler.upper()} where weak" if sweep.scheduler else ""
+    variant = runs.variant_suffix("sweep", recipe["recipe"], recipe["student_model"], recipe["teacher_initializer"])
     runs.name_run(
-        f"sweep-T{temperatures}{fixed_teacher}{weights}-seeds{seeds}{runs.recipe_suffix(recipe['recipe'])}",
+        f"sweep-T{temperatures}{fixed_teacher}{weights}-seeds{seeds}{variant}",
         f"Sweep of {', '.join(sweep.kinds)} trials at T={temperatures}, seeds {seeds}, recipe {recipe['recipe']}, "
+        f"{recipe['student_model']} student, {recipe['teacher_initializer']}-initialised teacher, "
         f"on Ray Tune{scheduler}. Every trial is a child run; trials.csv says which were trained, reused, "
         "stopped or failed.",
     )
@@ -350,7 +352,7 @@ def run_sweep(sweep: SweepConfig, recipe: dict) -> list[TrialResult]:
         table = pd.DataFrame([outcome.row() for outcome in outcomes])
         mlflow.log_text(table.to_csv(index=False), "trials.csv")
         print(table.drop(columns="error").to_string(index=False))
-        print(runs.log_results())
+        print(runs.log_results()[0])
         failed = [outcome.trial.name for outcome in outcomes if outcome.outcome is Outcome.FAILED]
         if failed:
             raise runs.PartlyFailed(

@@ -1,5 +1,6 @@
 """One place defines the parameters: the MLproject, the entry points and the checks agree with it."""
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -25,7 +26,8 @@ def test_mlproject_parameters_mirror_config(kind):
 
 def test_defaults_are_the_kdtf_recipe():
     assert config.DEFAULTS.params("distill") == {
-        "recipe": "kdtf", "teacher_temperature": "", "temperature": "5.0", "num_steps": "5000", "batch_size": "128", "learning_rate": "0.001",
+        "recipe": "kdtf", "student_model": "softmax", "teacher_initializer": "normal",
+        "teacher_temperature": "", "temperature": "5.0", "num_steps": "5000", "batch_size": "128", "learning_rate": "0.001",
         "eval_every": "100", "seed": "12", "dataset": "mnist", "data_dir": "", "teacher": "",
         "teacher_signal": "cached", "hard_label_weight": "", "precision": "auto",
     }
@@ -39,6 +41,7 @@ def test_defaults_are_the_kdtf_recipe():
         ("dataset", "cifar10"), ("teacher_signal", "sometimes"), ("hard_label_weight", "1.5"), ("seed", "twelve"),
         ("num_steps", "2.5"), ("recipe", "best"), ("teacher_temperature", "-2"),
         ("seed", "-1"), ("seed", str(2**32)), ("batch_size", "55001"), ("precision", "int8"),
+        ("student_model", "resnet"), ("teacher_initializer", "zeros"),
     ],
 )
 def test_bad_values_raise_value_error_naming_the_parameter(name, text):
@@ -87,7 +90,8 @@ def test_every_loss_and_recipe_names_an_entry_of_its_table():
     assert {config.DEFAULTS.loss, config.parse_args("distill", ["--hard_label_weight", "0"]).loss} == set(
         losses.DISTILLATION_LOSSES
     )
-    assert {recipe.student_initializer for recipe in config.RECIPES.values()} <= set(models.INITIALIZERS)
+    initializers = {recipe.student_initializer(model) for recipe in config.RECIPES.values() for model in config.STUDENT_MODELS}
+    assert initializers | set(config.TEACHER_INITIALIZERS) <= set(models.INITIALIZERS)
 
 
 def test_pyproject_and_conda_name_the_same_dependencies():
@@ -129,19 +133,32 @@ def test_run_names_say_what_was_trained():
     assert runs.run_name("distill", config.DEFAULTS) == "distill-T5-seed12"
     fixed = config.Config(temperature=10, teacher_temperature=1, recipe="tuned")
     assert runs.run_name("distill", fixed) == "distill-T10-teacherT1-seed12-tuned"
+    hinton = dataclasses.replace(fixed, student_model="mlp", teacher_initializer="he")
+    assert runs.run_name("distill", hinton) == "distill-T10-teacherT1-seed12-tuned-mlp-teacher-he"
+    assert runs.run_name("teacher", hinton.teacher_config()) == "teacher-T1-seed12-he"
+    assert runs.run_name("student", hinton) == "student-seed12-tuned-mlp"
     assert fixed.teacher_config().temperature == 1.0 and config.DEFAULTS.teacher_config().temperature == 5.0
     # A teacher at the distillation's own T is kdtf's default: the same parameters, so reusable.
     assert config.Config(teacher_temperature=5).params("distill") == config.DEFAULTS.params("distill")
 
 
-def test_tuned_recipe_starts_the_student_at_zero():
+def test_recipes_start_each_student_as_they_say():
     import numpy as np
 
     from kdflow import models, training
 
-    def student_kernel(recipe):
+    def student_weights(recipe, model):
         training.make_deterministic(12)
-        return np.asarray(models.build_student(config.RECIPES[recipe].student_initializer).layers[-1].kernel)
+        student = models.build_student(model, config.RECIPES[recipe].student_initializer(model))
+        return [np.asarray(layer.kernel) for layer in student.layers if hasattr(layer, "kernel")], student.layers[-1].bias
 
-    assert not student_kernel("tuned").any()
-    assert 0.9 < student_kernel("kdtf").std() < 1.1  # kdtf's N(0, 1)
+    tuned_softmax, _ = student_weights("tuned", "softmax")
+    assert not tuned_softmax[0].any()
+    assert 0.9 < student_weights("kdtf", "softmax")[0][0].std() < 1.1  # kdtf's N(0, 1)
+    tuned_mlp, last_bias = student_weights("tuned", "mlp")
+    assert [kernel.shape for kernel in tuned_mlp] == [(784, 800), (800, 800), (800, 10)]
+    # He: the variance of each layer's kernel is 2 / fan-in; the biases start at zero.
+    assert [round(kernel.std() * np.sqrt(kernel.shape[0] / 2), 1) for kernel in tuned_mlp] == [1.0, 1.0, 1.0]
+    assert not np.asarray(last_bias).any()
+    kdtf_mlp, _ = student_weights("kdtf", "mlp")
+    assert all(0.9 < kernel.std() < 1.1 for kernel in kdtf_mlp)

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from scipy.special import softmax
 
-from kdflow import precision, registry, runs, tracking
+from kdflow import cards, data, precision, registry, runs, tracking
 from tests.conftest import MLFLOW, ROOT, SHORT, SHORT_CHAMPION_URI, run_id_of, succeeded
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("project_store")]  # tests/conftest.py says why
@@ -102,6 +102,46 @@ def test_models_are_registered_and_champion_has_best_validation(store):
     tied = [v for v in students if float(v.tags[registry.VALIDATION_ACCURACY_TAG]) == best]
     assert champion.version == min(tied, key=lambda version: int(version.version)).version
     assert registry.CHAMPION not in client.get_registered_model("kd-student").aliases
+    # Every student version carries its model card, in the registry and as an artifact of its run.
+    for run_id in (store.student_id, *store.distill_ids):
+        card = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=cards.ARTIFACT)).read_text()
+        assert versions[run_id].description == card
+        assert "**Network**: softmax regression" in card and "its results-table cell: " in card
+    assert "**Teacher**: none" in versions[store.student_id].description
+    assert f"**Teacher**: run `{store.teacher_id}`" in versions[store.distill_ids[0]].description
+
+
+def test_mlp_student_distilled_from_a_he_teacher_is_registered_with_its_card_and_predicts(store, fetched_mnist):
+    """Hinton et al.'s experiment in small: a He-initialised teacher at T=1 and the MLP student at T=20."""
+    hinton = {"recipe": "tuned", "student_model": "mlp", "teacher_initializer": "he", "teacher_temperature": "1"}
+    process = succeeded(store.run("distill", temperature=20, **hinton, **SHORT))
+    assert "training one" in process.stdout  # kdtf's teachers are not this one.
+    distilled = mlflow.get_run(run_id_of(process))
+    teacher = mlflow.get_run(distilled.data.tags[tracking.TEACHER_RUN_TAG])
+    assert teacher.info.run_name == "teacher-T1-seed12-he"
+    assert distilled.info.run_name == "distill-T20-teacherT1-seed12-tuned-mlp-teacher-he"
+    table = process.stdout.split("## Recipe `tuned student_model=mlp teacher_initializer=he: mnist steps=40")[1]
+    assert "Hinton et al. (distilled at T=20)" in table and " errors |" in table
+    # Its own registered model, so it never takes the softmax students' champion.
+    client = mlflow.MlflowClient()
+    (version,) = client.search_model_versions(f"run_id = '{distilled.info.run_id}'")
+    assert version.name == "kd-student-mlp"
+    assert client.get_model_version_by_alias("kd-student-mlp", SHORT_CHAMPION_URI.rsplit("@", 1)[1]).version == version.version
+    card = version.description
+    accuracy = distilled.data.metrics["test_accuracy"]
+    for fact in [
+        "784-800-800-10", f"sha256 `{data.DATASET_DIGESTS['mnist']}`", f"run `{teacher.info.run_id}`",
+        f"test accuracy {100 * teacher.data.metrics['test_accuracy']:.2f}%", "distilled at T=20",
+        "CE(hard labels) + T² · CE(soft targets at T=20)", "**Seed** 12", "**recipe** `tuned`",
+        f"**precision** {precision.resolve('auto')}", f"**code version** `{tracking.code_version()}`",
+        f"{100 * accuracy:.2f}% ({round((1 - accuracy) * 10_000)} errors of 10,000)", "(one seed: no spread yet)",
+        "-P student_model=mlp", "-P teacher_initializer=he", "-P temperature=20.0", "## Intended use", "## Limits",
+    ]:
+        assert fact in card, fact
+    splits = fetched_mnist[0]
+    images = (splits.test_images[:50] * 255).round().astype(np.uint8)
+    answers = mlflow.pyfunc.load_model(f"models:/kd-student-mlp/{version.version}").predict(images)
+    assert len(answers) == 50 and np.mean(answers["digit"] == splits.test_labels[:50]) > 0.5
 
 
 CLASSIFY = """

@@ -21,6 +21,7 @@ LAYERS = (
     ("config", "training"),  # the parameters; the training loop
     ("tracking", "registry", "store"),  # what a run stores and its reuse key; logged models; the SQLite file set up
     ("jobs", "results", "predict"),  # train; tabulate the tracked runs; answer for image files
+    ("cards",),  # a registered student's model card, from its run and its results-table cell
     ("runs",),  # one job inside one tracked run
     ("trials",),  # a sweep's runs on Ray Tune: their order, the trainable, their outcomes
     ("sweeps",),  # many runs over Ray Tune: the plan, reuse, resumption, the sweep's record

@@ -55,7 +55,10 @@ def test_this_machine_resolves_to_a_concrete_format():
     assert Config().resolved().precision == chosen and Config(precision="float32").resolved().precision == "float32"
 
 
-@pytest.mark.parametrize("build", [models.build_teacher, lambda fmt: models.build_student("normal", fmt)])
+@pytest.mark.parametrize("build", [
+    lambda fmt: models.build_teacher(precision=fmt), lambda fmt: models.build_student("softmax", "normal", fmt),
+    lambda fmt: models.build_student("mlp", "he", fmt),
+])
 @pytest.mark.parametrize("fmt", ["bfloat16", "float16"])
 def test_narrow_networks_compute_narrow_and_keep_float32_weights_and_logits(build, fmt):
     keras.utils.set_random_seed(12)
@@ -69,7 +72,7 @@ def test_narrow_networks_compute_narrow_and_keep_float32_weights_and_logits(buil
 
 def test_float32_networks_have_no_extra_layer():
     """A float32 network is the one kdflow built before precision existed, so its runs repeat exactly."""
-    for network in (models.build_teacher("float32"), models.build_student("normal", "float32")):
+    for network in (models.build_teacher(), models.build_student(), models.build_student("mlp", "he")):
         assert {layer.compute_dtype for layer in network.layers} == {"float32"}
         assert not any(isinstance(layer, keras.layers.Activation) for layer in network.layers)
 
@@ -82,7 +85,7 @@ def test_float16_training_with_loss_scaling_learns_like_float32(fetched_mnist):
     def best_validation_accuracy(fmt: str) -> float:
         config = Config(num_steps=60, eval_every=30, precision=fmt, recipe="tuned")
         training.make_deterministic(config.seed)
-        student = models.build_student("zeros", config.precision)
+        student = models.build_student("softmax", "zeros", config.precision)
 
         def objective(images, labels):
             return losses.hard_loss(labels, student(images, training=True), 1.0)

@@ -24,6 +24,7 @@ DISTILL_T1 = [0.88]  # kdtf's way at T=1: its teacher trained at T=1, so it is i
 MNIST = "mnist steps=5000 batch=128 lr=0.001 eval_every=100"
 FASHION = "fashion_mnist steps=5000 batch=128 lr=0.001 eval_every=100"
 KDTF, TUNED, KDTF_FASHION = f"kdtf: {MNIST}", f"tuned: {MNIST}", f"kdtf: {FASHION}"
+HINTON = f"tuned student_model=mlp teacher_initializer=he: {MNIST}"
 
 EXPECTED_KDTF_TABLE = """\
 | Model | T=1 | T=2 | T=5 | kdtf T=2 | kdtf T=5 |
@@ -38,16 +39,18 @@ EXPECTED_KDTF_TABLE = """\
 
 
 def log_run(experiment_id, kind, recipe, temperature, seed, accuracy=None, hard_label_weight=None, status="FINISHED",
-            setup=MNIST, teacher_temperature=None, teacher=None, version=None, complete=True):
+            setup=MNIST, teacher_temperature=None, teacher=None, version=None, complete=True, networks=None):
     """Log one run as the training jobs do, ending it with the given status; returns its id.
 
     ``version`` is its code version (the running code's by default); ``complete=False`` leaves
     out the run key, as a run that failed before its end and was still marked FINISHED would.
+    ``networks`` holds the student_model and teacher_initializer parameters where not kdtf's.
     """
     with mlflow.start_run(experiment_id=experiment_id) as run:
         mlflow.set_tags({"kdflow.kind": kind, "kdflow.recipe": recipe, "kdflow.setup": setup,
                          "kdflow.code_version": version or tracking.code_version()})
-        mlflow.set_tag("kdflow.params", canonical_params(temperature, seed, hard_label_weight, teacher_temperature, teacher))
+        params = canonical_params(temperature, seed, hard_label_weight, teacher_temperature, teacher, networks)
+        mlflow.set_tag("kdflow.params", params)
         # `mlflow run` logs parameters as the user typed them; the table must not read these.
         mlflow.log_params({"temperature": f"{temperature:g}", "seed": str(seed), "hard_label_weight": "''"})
         if accuracy is not None:
@@ -59,8 +62,8 @@ def log_run(experiment_id, kind, recipe, temperature, seed, accuracy=None, hard_
     return run.info.run_id
 
 
-def canonical_params(temperature, seed, hard_label_weight, teacher_temperature=None, teacher=None):
-    params = {"temperature": str(float(temperature)), "seed": str(seed)}
+def canonical_params(temperature, seed, hard_label_weight, teacher_temperature=None, teacher=None, networks=None):
+    params = {"temperature": str(float(temperature)), "seed": str(seed)} | (networks or {})
     if hard_label_weight is not None:
         params["hard_label_weight"] = hard_label_weight
     if teacher_temperature is not None:
@@ -125,6 +128,16 @@ def store(tmp_path_factory):
         for seed, accuracy in enumerate([0.80, 0.82]):
             log("fashion student", "student", "kdtf", 1, seed, accuracy, setup=FASHION)
         log("tuned student", "student", "tuned", 1, 0, 0.85)
+        # Hinton et al.'s experiment in the first setup: a He-initialised teacher at T=1, MLP
+        # students alone and distilled from it. None of it may leak into the tables above.
+        he_teacher, mlp = {"teacher_initializer": "he"}, {"student_model": "mlp"}
+        log("he teacher", "teacher", "kdtf", 1, 0, 0.9915, networks=he_teacher)
+        for seed, accuracy in enumerate([0.9815, 0.9825]):
+            log("mlp student", "student", "tuned", 1, seed, accuracy, networks=mlp)
+        for seed, accuracy in enumerate([0.9860, 0.9870]):
+            log("mlp distill T=20", "distill", "tuned", 20, seed, accuracy, hard_label_weight="", teacher_temperature="1.0",
+                networks=mlp | he_teacher)
+        log("mlp distill T=1", "distill", "tuned", 1, 0, 0.9830, hard_label_weight="", networks=mlp | he_teacher)
         yield client, experiment, ids
 
 
@@ -173,22 +186,46 @@ def test_cells_hold_exact_statistics_and_their_run_ids(store, tables):
         assert cell.std == (None if std is None else pytest.approx(std))
         assert cell.n == len(run_ids)
         assert set(cell.run_ids) == set(run_ids)
-    assert table.cell("Distillation", 5.0).kdtf == 90.77
-    assert table.cell("Distillation (hard_label_weight=0.5)", 5.0).kdtf is None
+    assert table.cell("Distillation", 5.0).reference == 90.77
+    assert table.cell("Distillation (hard_label_weight=0.5)", 5.0).reference is None
+    assert table.cell("Distillation", 5.0).errors == pytest.approx(10_000 - 100 * expected[("Distillation", 5.0)][0])
 
 
 def test_setups_and_recipes_are_kept_apart_but_share_teachers(store, tables):
     _, _, ids = store
-    assert set(tables) == {KDTF, KDTF_FASHION, TUNED}
+    assert set(tables) == {KDTF, KDTF_FASHION, TUNED, HINTON}
     fashion = tables[KDTF_FASHION]
     assert fashion.temperatures == (10.0,)
     assert fashion.cell("Teacher", 10.0).run_ids == tuple(ids["fashion teacher"])
     assert fashion.cell("Student only", 10.0).mean == pytest.approx(81.0)
-    assert fashion.cell("Teacher", 10.0).kdtf is None
+    assert fashion.cell("Teacher", 10.0).reference is None
     tuned = tables[TUNED]
     assert tuned.rows == ("Teacher", "Student only") and tuned.temperatures == (2.0, 5.0)
     assert tuned.cell("Teacher", 2.0) == tables[KDTF].cell("Teacher", 2.0)
     assert tuned.cell("Student only", 5.0).run_ids == tuple(ids["tuned student"])
+
+
+def test_mlp_students_and_their_teacher_have_a_table_of_their_own_beside_hinton_et_al(store, tables):
+    _, _, ids = store
+    hinton = tables[HINTON]
+    assert hinton.reference == "Hinton et al." and tables[KDTF].reference == tables[TUNED].reference == "kdtf"
+    assert hinton.rows == ("Teacher", "Distillation", "Distillation (teacher T=1)", "Student only")
+    assert hinton.temperatures == (1.0, 20.0)
+    assert hinton.cell("Teacher", 1.0).run_ids == tuple(ids["he teacher"])
+    assert hinton.cell("Teacher", 1.0).reference == pytest.approx(99.33)  # 67 errors
+    fixed_teacher = hinton.cell("Distillation (teacher T=1)", 20.0)
+    assert set(fixed_teacher.run_ids) == set(ids["mlp distill T=20"])
+    assert fixed_teacher.errors == pytest.approx(135) and fixed_teacher.reference == pytest.approx(99.26)
+    assert hinton.cell("Student only", 20.0).errors == pytest.approx(180)
+    assert hinton.cell("Student only", 20.0).reference == pytest.approx(98.54)
+    # Neither the He teacher nor the MLP students are counted with kdtf's softmax regression.
+    assert tables[KDTF].cell("Teacher", 1.0) is None
+    assert tables[TUNED].cell("Student only", 5.0).run_ids == tuple(ids["tuned student"])
+    markdown = results.render_markdown([hinton])
+    assert "| Model | T=1 | T=20 | Hinton et al. (distilled at T=20) |" in markdown
+    assert ("| Distillation (teacher T=1) | 98.30 (1), 170 errors | 98.65 ± 0.07 (2), 135 errors | 99.26, 74 errors |"
+            in markdown)
+    assert "| Student only | 98.20 ± 0.07 (2), 180 errors | 98.20 ± 0.07 (2), 180 errors | 98.54, 146 errors |" in markdown
 
 
 def test_markdown_shows_each_recipe_with_the_kdtf_numbers(tables):
@@ -206,19 +243,21 @@ def test_written_files_agree_with_each_other_and_the_markdown(tables, tmp_path):
     with paths[1].open(encoding="utf-8", newline="") as file:
         csv_rows = list(csv.DictReader(file))
     json_rows = json.loads(paths[2].read_text(encoding="utf-8"))
-    assert len(csv_rows) == len(json_rows) == sum(len(table.cells) for table in tables.values()) == 18
+    assert len(csv_rows) == len(json_rows) == sum(len(table.cells) for table in tables.values()) == 24
     for csv_row, json_row in zip(csv_rows, json_rows):
         assert csv_row["recipe"] == json_row["recipe"] and csv_row["row"] == json_row["row"]
         assert float(csv_row["mean"]) == json_row["mean"]
         assert (float(csv_row["std"]) if csv_row["std"] else None) == json_row["std"]
         assert int(csv_row["n"]) == json_row["n"] == len(json_row["run_ids"])
         assert csv_row["run_ids"].split(";") == json_row["run_ids"]
-        assert (float(csv_row["kdtf"]) if csv_row["kdtf"] else None) == json_row["kdtf"]
+        assert (float(csv_row["reference"]) if csv_row["reference"] else None) == json_row["reference"]
+        assert float(csv_row["errors"]) == json_row["errors"]
         # The markdown line of this row in this recipe's table must show the same numbers.
         section = markdown.split(f"## Recipe `{json_row['recipe']}`")[1].split("## ")[0]
         line = next(line for line in section.splitlines() if line.startswith(f"| {json_row['row']} |"))
         spread = f" ± {json_row['std']:.2f}" if json_row["std"] is not None else ""
-        assert f"| {json_row['mean']:.2f}{spread} ({json_row['n']}) |" in line
+        errors = f", {json_row['errors']:.0f} errors" if "student_model=mlp" in json_row["recipe"] else ""
+        assert f"| {json_row['mean']:.2f}{spread} ({json_row['n']}){errors} |" in line
     assert paths[3].read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
 
 
@@ -230,14 +269,15 @@ def test_writing_twice_replaces_the_files(tables, tmp_path):
     assert "No finished runs yet" in (tmp_path / "results.md").read_text(encoding="utf-8")
     assert "Recipe" not in (tmp_path / "results.md").read_text(encoding="utf-8")
     assert (tmp_path / "results.csv").read_text(encoding="utf-8").splitlines() == [
-        "recipe,row,temperature,mean,std,n,kdtf,run_ids"]
+        "recipe,row,temperature,mean,std,n,errors,reference,run_ids"]
     assert json.loads((tmp_path / "results.json").read_text(encoding="utf-8")) == []
 
 
 def test_empty_experiment_says_there_are_no_finished_runs(store, tmp_path):
     client, _, _ = store
     experiment = client.create_experiment("empty")
-    markdown = results.regenerate(experiment, tmp_path)
+    markdown, tables = results.regenerate(experiment, tmp_path)
+    assert tables == []
     assert "No finished runs yet" in markdown
     assert all((tmp_path / f"results.{suffix}").exists() for suffix in ("md", "csv", "json", "png"))
 
@@ -252,7 +292,8 @@ def test_regenerate_from_inside_the_calling_run(store, tmp_path):
         mlflow.set_tags({"kdflow.kind": "distill", "kdflow.recipe": "kdtf", "kdflow.setup": MNIST,
                          "kdflow.params": canonical_params(5, 1, ""), "kdflow.code_version": tracking.code_version()})
         mlflow.log_metric("test_accuracy", 0.92)
-        markdown = results.regenerate(experiment, tmp_path, include_run_id=run.info.run_id)
+        markdown, tables = results.regenerate(experiment, tmp_path, include_run_id=run.info.run_id)
+    assert run.info.run_id in tables[0].cell("Distillation", 5.0).run_ids
     assert "| Distillation | 91.00 ± 1.41 (2) | 89.14 | 90.77 |" in markdown
     assert f"Code version `{tracking.code_version()}`; finished runs of other code versions, not counted: 1." in markdown
     assert markdown == (tmp_path / "results.md").read_text(encoding="utf-8")

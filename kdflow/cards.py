@@ -1,0 +1,113 @@
+"""A model card for every registered student version: what it learned from, how, how well, and for what.
+
+The card is written when the run ends, after its results table, so that it can give the spread
+over seeds of the table cell the version counts in. It becomes the version's description in the
+registry (what the MLflow UI's model version page shows) and the run's ``model_card.md`` artifact.
+Like ``runs``, this is text for people: it may change without touching ``tracking.code_version``.
+"""
+
+import mlflow
+
+from kdflow import results, tracking
+from kdflow.config import DEFAULTS, Config
+
+ARTIFACT = "model_card.md"
+NETWORKS = {
+    "softmax": "softmax regression: one dense layer from the 784 pixels to 10 logits (7,850 weights)",
+    "mlp": "an MLP of two hidden layers of 800 ReLU units, 784-800-800-10, no regularisation (1,276,810 weights)",
+}
+DATA_USE = {
+    "mnist": "handwritten digits 0-9",
+    "fashion_mnist": "Fashion-MNIST clothing classes 0-9 (T-shirt/top to ankle boot)",
+}
+
+
+def loss_form(config: Config) -> str:
+    if config.hard_label_weight is None:
+        return f"kdtf's: CE(hard labels) + T² · CE(soft targets at T={config.temperature:g}), both weighted 1"
+    weight = config.hard_label_weight
+    return (f"weighted: {weight:g} · CE(hard labels) + {1 - weight:g} · T² · KL(soft targets at "
+            f"T={config.temperature:g} || student at T={config.temperature:g})")
+
+
+def reproduce_command(kind: str, config: Config, commit: str | None) -> str:
+    """The ``mlflow run`` that trains this version again: every parameter that is not the default."""
+    params = config.params(kind)
+    defaults = DEFAULTS.params(kind)
+    options = "".join(f" -P {name}={value}" for name, value in params.items() if value != defaults[name])
+    source = f"git checkout {commit} && " if commit else ""
+    return f"{source}mlflow run . -e {kind}{options} --env-manager local"
+
+
+def _cell_of(tables: list[results.Table], run_id: str) -> tuple[str, results.Cell] | None:
+    return next(((table.recipe, cell) for table in tables for cell in table.cells if run_id in cell.run_ids), None)
+
+
+def render(kind: str, config: Config, run, tables: list[results.Table], teacher_run=None) -> str:
+    """The card of the model of ``run`` (a student or distill run of ``config``) as Markdown."""
+    tags, metrics = run.data.tags, run.data.metrics
+    found = _cell_of(tables, run.info.run_id)
+    if found:
+        table, cell = found
+        spread = f" ± {cell.std:.2f}" if cell.std is not None else " (one seed: no spread yet)"
+        cell_line = f"{cell.mean:.2f}{spread} % over {cell.n} seed(s), row \"{cell.row}\" at T={cell.temperature:g} of `{table}`"
+    else:
+        cell_line = "not in a results table"
+    if kind == "distill":
+        teacher_accuracy = teacher_run.data.metrics.get("test_accuracy") if teacher_run else None
+        teacher = (f"run `{tags[tracking.TEACHER_RUN_TAG]}` ({teacher_run.info.run_name if teacher_run else '?'}), "
+                   f"model `{tags[tracking.TEACHER_MODEL_TAG]}`, test accuracy "
+                   + (f"{100 * teacher_accuracy:.2f}%" if teacher_accuracy is not None else "not recorded"))
+        training = f"distilled at T={config.temperature:g}; loss {loss_form(config)}"
+    else:
+        teacher = "none: trained on the hard labels alone"
+        training = "hard labels alone, cross-entropy at T=1"
+    commit = tags.get("mlflow.source.git.commit")
+    lines = [
+        f"# Model card: {run.info.run_name}",
+        "",
+        f"- **Network**: {NETWORKS[config.student_model]} (`student_model={config.student_model}`).",
+        f"- **Data**: {config.dataset}, sha256 `{tags.get(tracking.DATA_DIGEST_TAG, '?')}`; 55,000 training "
+        "images, the first 5,000 of the original training split for validation, the 10,000 test images for the score.",
+        f"- **Teacher**: {teacher}.",
+        f"- **Training**: {training}; {config.num_steps} Adam steps of {config.batch_size} images at learning rate "
+        f"{config.learning_rate:g}, the weights of the best of the evaluations every {config.eval_every} steps kept.",
+        f"- **Seed** {config.seed}, **recipe** `{config.recipe}`, **precision** {config.precision}, "
+        f"**code version** `{tags.get(tracking.CODE_VERSION_TAG, tracking.code_version())}`"
+        + (f", **commit** `{commit}`" if commit else "") + ".",
+        f"- **Test accuracy**: {100 * metrics['test_accuracy']:.2f}% "
+        f"({round((1 - metrics['test_accuracy']) * results.TEST_IMAGES)} errors of {results.TEST_IMAGES:,}); "
+        f"its results-table cell: {cell_line}.",
+        f"- **Reproduce**: `{reproduce_command(kind, config, commit)}`.",
+        "",
+        "## Intended use",
+        "",
+        f"Classifying {DATA_USE[config.dataset]} in 28 × 28 grey images, light on dark, as the dataset's own: "
+        "uint8 0-255 or float 0-1 arrays shaped (N, 28, 28) or (N, 784). `kdflow-predict` turns picture files into "
+        "such images as MNIST made its digits (ink box scaled into 20 × 20, centred by mass in 28 × 28). "
+        "The model answers each image's class and the probabilities of all ten.",
+        "",
+        "## Limits",
+        "",
+        f"- It has seen {config.dataset}'s training images only: other kinds of image (letters, photos, several "
+        "digits, uncentred or dark-on-light ink not converted as above) get a confident answer that means nothing.",
+        "- Its probabilities are a softmax at T=1, not calibrated; the test accuracy is of one seed, and the cell's "
+        "spread says how much another seed may differ.",
+        "- A research reproduction of knowledge distillation: not evaluated for fairness, robustness or any use "
+        "where a wrong digit has a cost.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def publish(kind: str, config: Config, tables: list[results.Table]) -> None:
+    """Write the card of the active run's registered student version; teachers get none."""
+    if kind == "teacher":
+        return
+    client = mlflow.MlflowClient()
+    run = client.get_run(mlflow.active_run().info.run_id)
+    teacher_run_id = run.data.tags.get(tracking.TEACHER_RUN_TAG)
+    teacher_run = client.get_run(teacher_run_id) if teacher_run_id else None
+    card = render(kind, config, run, tables, teacher_run)
+    mlflow.log_text(card, ARTIFACT)
+    for version in client.search_model_versions(f"run_id = '{run.info.run_id}'"):
+        client.update_model_version(version.name, version.version, description=card)
