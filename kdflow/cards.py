@@ -1,7 +1,8 @@
 """A model card for every registered student version: what it learned from, how, how well, and for what.
 
 The card is written when the run ends, after its results table, so that it can give the spread
-over seeds of the table cell the version counts in. It becomes the version's description in the
+over seeds of the table cell the version counts in; a sweep writes its trials' cards again at its
+end, when every seed of their cells has finished. It becomes the version's description in the
 registry (what the MLflow UI's model version page shows) and the run's ``model_card.md`` artifact.
 Like ``runs``, this is text for people: it may change without touching ``tracking.code_version``.
 """
@@ -99,15 +100,16 @@ def render(kind: str, config: Config, run, tables: list[results.Table], teacher_
     return "\n".join(lines) + "\n"
 
 
-def publish(kind: str, config: Config, tables: list[results.Table]) -> None:
-    """Write the card of the active run's registered student version; teachers get none."""
+def publish(kind: str, config: Config, tables: list[results.Table], run_id: str | None = None) -> None:
+    """Write the card of the registered student version of ``run_id`` (default: the active run);
+    teachers get none. Written again later (a sweep does, at its end), it replaces the card."""
     if kind == "teacher":
         return
     client = mlflow.MlflowClient()
-    run = client.get_run(mlflow.active_run().info.run_id)
+    run = client.get_run(run_id or mlflow.active_run().info.run_id)
     teacher_run_id = run.data.tags.get(tracking.TEACHER_RUN_TAG)
     teacher_run = client.get_run(teacher_run_id) if teacher_run_id else None
     card = render(kind, config, run, tables, teacher_run)
-    mlflow.log_text(card, ARTIFACT)
+    client.log_text(run.info.run_id, card, ARTIFACT)
     for version in client.search_model_versions(f"run_id = '{run.info.run_id}'"):
         client.update_model_version(version.name, version.version, description=card)

@@ -26,7 +26,7 @@ import mlflow
 import pandas as pd
 import ray
 
-from kdflow import runs, tracking, trials
+from kdflow import cards, runs, tracking, trials
 from kdflow.config import DEFAULTS, KIND_PARAMETERS, KINDS, SEED_RANGE, Config, parse_options, to_text
 from kdflow.data import DATASET_DIGESTS
 from kdflow.trials import Outcome, Trial, TrialResult
@@ -352,7 +352,13 @@ def run_sweep(sweep: SweepConfig, recipe: dict) -> list[TrialResult]:
         table = pd.DataFrame([outcome.row() for outcome in outcomes])
         mlflow.log_text(table.to_csv(index=False), "trials.csv")
         print(table.drop(columns="error").to_string(index=False))
-        print(runs.log_results()[0])
+        markdown, tables = runs.log_results()
+        print(markdown)
+        # Each trial's card was written when it finished, before the seeds after it: now every
+        # seed of its cell is in, the cards give the spread the table shows.
+        for outcome in outcomes:
+            if outcome.outcome in (Outcome.TRAINED, Outcome.REUSED) and outcome.trial.kind != "teacher":
+                cards.publish(outcome.trial.kind, outcome.trial.config.resolved(), tables, outcome.run_id)
         failed = [outcome.trial.name for outcome in outcomes if outcome.outcome is Outcome.FAILED]
         if failed:
             raise runs.PartlyFailed(

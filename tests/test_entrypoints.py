@@ -258,6 +258,25 @@ def test_tuned_recipe_has_its_own_table_sharing_the_teachers(store):
     assert "| Teacher |" in table and "| Student only |" in table and "| Distillation |" not in table
 
 
+def test_a_sweep_gives_its_trials_cards_the_spread_over_all_their_seeds(store):
+    """A card written as its run finished knew only the seeds before it; the sweep's end rewrites it."""
+    second = run_id_of(succeeded(store.run("student", seed=13, **SHORT)))
+    client = mlflow.MlflowClient()
+
+    def card(run_id):
+        (version,) = client.search_model_versions(f"run_id = '{run_id}'")
+        artifact = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=cards.ARTIFACT)).read_text()
+        assert version.description == artifact
+        return artifact
+
+    assert "(one seed: no spread yet)" in card(store.student_id)
+    students = len(store.runs("student"))
+    succeeded(store.run("sweep", temperatures=5, seeds="12,13", kinds="student", **SHORT))
+    assert len(store.runs("student")) == students  # Both trials were reused: only their cards changed.
+    for run_id in (store.student_id, second):
+        assert "over 2 seed(s), row \"Student only\"" in card(run_id)
+
+
 def test_main_entry_point_reproduces_the_table_from_finished_runs(store):
     """`mlflow run .` with no entry point is the reproduction sweep; here every trial already ran."""
     counts = {kind: len(store.runs(kind)) for kind in ("teacher", "student", "distill")}
@@ -265,7 +284,7 @@ def test_main_entry_point_reproduces_the_table_from_finished_runs(store):
                "-P", "temperatures=5", "-P", "seeds=12", *[f"-P{name}={value}" for name, value in SHORT.items()]]
     process = succeeded(subprocess.run(command, cwd=store.folder, env=store.env, capture_output=True, text=True, timeout=900))
     assert {kind: len(store.runs(kind)) for kind in counts} == counts  # Nothing trained again.
-    (sweep,) = store.runs("sweep")
+    sweep = mlflow.get_run(run_id_of(process))
     trials = Path(mlflow.artifacts.download_artifacts(run_id=sweep.info.run_id, artifact_path="trials.csv")).read_text()
     assert [line.split(",")[0] for line in trials.splitlines()[1:]] == ["teacher-T5-seed12", "student-seed12", "distill-T5-seed12"]
     assert all(",reused," in line for line in trials.splitlines()[1:])
