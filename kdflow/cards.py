@@ -55,10 +55,8 @@ def render(kind: str, config: Config, run, tables: list[results.Table], teacher_
     else:
         cell_line = "not in a results table"
     if kind == "distill":
-        teacher_accuracy = teacher_run.data.metrics.get("test_accuracy") if teacher_run else None
-        teacher = (f"run `{tags[tracking.TEACHER_RUN_TAG]}` ({teacher_run.info.run_name if teacher_run else '?'}), "
-                   f"model `{tags[tracking.TEACHER_MODEL_TAG]}`, test accuracy "
-                   + (f"{100 * teacher_accuracy:.2f}%" if teacher_accuracy is not None else "not recorded"))
+        teacher = (f"run `{teacher_run.info.run_id}` ({teacher_run.info.run_name}), model "
+                   f"`{tags[tracking.TEACHER_MODEL_TAG]}`, test accuracy {100 * teacher_run.data.metrics['test_accuracy']:.2f}%")
         training = f"distilled at T={config.temperature:g}; loss {loss_form(config)}"
     else:
         teacher = "none: trained on the hard labels alone"
@@ -107,8 +105,7 @@ def publish(kind: str, config: Config, tables: list[results.Table], run_id: str 
         return
     client = mlflow.MlflowClient()
     run = client.get_run(run_id or mlflow.active_run().info.run_id)
-    teacher_run_id = run.data.tags.get(tracking.TEACHER_RUN_TAG)
-    teacher_run = client.get_run(teacher_run_id) if teacher_run_id else None
+    teacher_run = client.get_run(run.data.tags[tracking.TEACHER_RUN_TAG]) if kind == "distill" else None
     card = render(kind, config, run, tables, teacher_run)
     client.log_text(run.info.run_id, card, ARTIFACT)
     for version in client.search_model_versions(f"run_id = '{run.info.run_id}'"):
