@@ -262,7 +262,7 @@ def render_markdown(tables: list[Table], version: str = "", other_versions: int 
 
 
 def _plot(tables: list[Table], path: Path) -> None:
-    """Plot accuracy against temperature per row, one panel per recipe, kdtf as crosses."""
+    """Plot accuracy against temperature per row, one panel per table, the published numbers as crosses."""
     figure = Figure(figsize=(6 * max(len(tables), 1), 4.5), layout="constrained")
     FigureCanvasAgg(figure)
     if not tables:
