@@ -42,6 +42,7 @@ HINTON_DISTILLATION = f"{DISTILLATION} (teacher T=1)"
 HINTON_ERRORS = {TEACHER: 67, HINTON_DISTILLATION: 74, STUDENT: 146}
 HINTON_TEMPERATURE = 20.0
 TEST_IMAGES = 10_000  # MNIST's and Fashion-MNIST's test split: errors = (100 - accuracy %) * 100
+HINTON_ACCURACY = {row: 100.0 - 100.0 * errors / TEST_IMAGES for row, errors in HINTON_ERRORS.items()}
 CSV_FIELDS = ["recipe", "row", "temperature", "mean", "std", "n", "errors", "reference", "run_ids"]
 
 
@@ -152,8 +153,7 @@ def _reference_accuracy(reference: str, row: str, temperature: float) -> float |
     if reference == "kdtf":
         return KDTF_ACCURACY.get((row, temperature))
     published_at = {HINTON_DISTILLATION: HINTON_TEMPERATURE}.get(row, temperature)  # Only the distillation has a T.
-    errors = HINTON_ERRORS.get(row)
-    return 100.0 - 100.0 * errors / TEST_IMAGES if errors is not None and temperature == published_at else None
+    return HINTON_ACCURACY.get(row) if temperature == published_at else None
 
 
 def _cell(row: str, temperature: float, records: list[RunRecord], reference: str) -> Cell:
@@ -234,7 +234,7 @@ def _reference_columns(table: Table) -> tuple[list[str], list[list[str]]]:
         values = [[f"{KDTF_ACCURACY[(row, t)]:.2f}" if (row, t) in KDTF_ACCURACY else "—" for t in KDTF_TEMPERATURES]
                   for row in table.rows]
         return [f"kdtf T={t:g}" for t in KDTF_TEMPERATURES], values
-    values = [[f"{100 - HINTON_ERRORS[row] / 100:.2f}, {HINTON_ERRORS[row]} errors" if row in HINTON_ERRORS else "—"]
+    values = [[f"{HINTON_ACCURACY[row]:.2f}, {HINTON_ERRORS[row]} errors" if row in HINTON_ERRORS else "—"]
               for row in table.rows]
     return [f"Hinton et al. (distilled at T={HINTON_TEMPERATURE:g})"], values
 
