@@ -238,8 +238,7 @@ def faults_run(trials: int, cluster, server: TrackingServer, logs: Path) -> dict
         if refused.wait() != 2 or "is still running" not in sweep.log.read_text():
             raise RuntimeError(f"resuming the live {sweep.name} sweep was not refused: {sweep.log.read_text()[-3000:]}")
         driver.kill()
-        driver.wait()
-        time.sleep(sweeps.DEAD_AFTER_SECONDS + 2)  # Until the dead sweep's heartbeat is stale.
+        driver.wait()  # Its process is gone, which a resume on this machine sees at once (kdflow.liveness).
         return sweep.start(resume=True)
 
     def report(fault: str, counts: dict) -> None:

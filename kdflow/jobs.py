@@ -3,21 +3,20 @@
 Each job takes its configuration and a callable that records each evaluation
 (``tracking.log_evaluation``; a sweep's trial also reports it to Ray Tune). It logs, in order: the
 dataset, a metric line per evaluation, the final scores and the registered model (and, for a
-teacher, its logits on the training split). Naming the run, its parameters and the results table
-are the ``runs`` module's, above this one. TensorFlow is imported
-inside the jobs, once the parameters are known to be good, so bad input fails fast.
+teacher, its logits on the training split, with their digest and shape). Naming the run, its
+parameters, the results table and moving the champion alias once the run is complete are the
+``runs`` and ``registry`` modules', after the job. TensorFlow is imported inside the jobs, once the
+parameters are known to be good, so bad input fails fast.
 """
 
-import tempfile
 import time
-from pathlib import Path
 
 import mlflow
-import numpy as np
-from mlflow.exceptions import ExecutionException, MlflowException
+from mlflow.exceptions import ExecutionException
 
 from kdflow import data, registry, tracking
 from kdflow.config import KIND_PARAMETERS, RECIPES, Config
+
 
 def _prepare(kind: str, config: Config):
     """Load and log the data."""
@@ -27,7 +26,7 @@ def _prepare(kind: str, config: Config):
 
 
 def _finish(kind: str, config: Config, model, result, splits) -> None:
-    """Log the scores and the model; a student may become its setup's champion."""
+    """Log the scores and register the model, the float32 network with the best weights."""
     mlflow.log_metrics(
         {
             "test_accuracy": result.test_accuracy,
@@ -40,26 +39,20 @@ def _finish(kind: str, config: Config, model, result, splits) -> None:
     )
     model_info = registry.log_model(model, kind, config, splits.validation_images, result.best_validation_accuracy)
     mlflow.set_tag(tracking.MODEL_URI_TAG, model_info.model_uri)
-    if kind != "teacher":
-        name, alias = registry.registered_name(kind, config.dataset, config.student_model), registry.champion_alias(config)
-        if registry.crown_champion(name, config.setup(), alias) == model_info.registered_model_version:
-            print(f"{name} version {model_info.registered_model_version} is now @{alias}")
     print(f"{kind}: test_accuracy {result.test_accuracy:.4f} (best validation step {result.best_step})")
 
 
 def _train_on_hard_labels(kind: str, config: Config, build_model, temperature: float, on_evaluation):
-    """Train a fresh network on the labels alone at ``temperature``; return it and the data."""
+    """Train a fresh network on the labels alone at ``temperature``; return it (float32) and the data."""
     from kdflow import losses, training
 
     splits = _prepare(kind, config)
-    training.make_deterministic(config.seed)
-    model = build_model()
 
-    def objective(images, labels):
+    def objective(model, images, labels):
         return losses.hard_loss(labels, model(images, training=True), temperature)
 
-    batches = training.training_batches((splits.train_images, splits.train_labels), config.batch_size, config.seed)
-    result = training.train(model, objective, batches, splits, config, temperature, on_evaluation)
+    arrays = (splits.train_images, splits.train_labels)
+    model, result = training.train(build_model, objective, arrays, splits, config, temperature, on_evaluation)
     _finish(kind, config, model, result, splits)
     return model, splits
 
@@ -68,29 +61,28 @@ def train_teacher(config: Config, on_evaluation) -> None:
     """The CNN trained at temperature T on hard labels, as kdtf did; stores its training logits."""
     from kdflow import models, training
 
-    def build_teacher():
-        return models.build_teacher(config.teacher_initializer, config.precision)
+    def build_teacher(precision: str):
+        return models.build_teacher(config.teacher_initializer, precision)
 
     teacher, splits = _train_on_hard_labels("teacher", config, build_teacher, config.temperature, on_evaluation)
     # Every distillation run at any temperature reads these instead of running the teacher again.
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / tracking.TEACHER_LOGITS_ARTIFACT
-        started = time.perf_counter()
-        np.save(path, training.predict_logits(teacher, splits.train_images))
-        mlflow.log_metric("teacher_logits_seconds", time.perf_counter() - started)
-        mlflow.log_artifact(str(path))
+    started = time.perf_counter()
+    logits = training.predict_logits(teacher, splits.train_images)
+    mlflow.log_metric("teacher_logits_seconds", time.perf_counter() - started)
+    tracking.log_teacher_logits(logits)
 
 
-def _build_student(config: Config):
+def _student_builder(config: Config):
+    """The run's student network, built in a given number format."""
     from kdflow import models
 
     initializer = RECIPES[config.recipe].student_initializer(config.student_model)
-    return models.build_student(config.student_model, initializer, config.precision)
+    return lambda precision: models.build_student(config.student_model, initializer, precision)
 
 
 def train_student(config: Config, on_evaluation) -> None:
     """The student network on hard labels alone, at T = 1: kdtf's "student only" row."""
-    _train_on_hard_labels("student", config, lambda: _build_student(config), 1.0, on_evaluation)
+    _train_on_hard_labels("student", config, _student_builder(config), 1.0, on_evaluation)
 
 
 def _train_teacher_run(teacher_config: Config):
@@ -124,19 +116,25 @@ def _train_teacher_run(teacher_config: Config):
     return mlflow.get_run(submitted.run_id)
 
 
-def choose_teacher(config: Config) -> tuple[str, str]:
-    """(run id, model URI) of the distillation's teacher: the one named, else the newest matching
-    teacher run of the experiment, else one trained now. Runs before any data is read, so a
-    teacher URI that does not resolve fails fast."""
+def choose_teacher(config: Config):
+    """(teacher run, model URI) of the distillation: the one named, else the newest matching
+    teacher run of the experiment whose logits check out, else one trained now. Runs before any
+    data is read, so a teacher URI that does not resolve, or whose logits are wrong, fails fast."""
     if config.teacher:
         model = registry.resolve(config.teacher, "teacher")
-        kind = mlflow.get_run(model.run_id).data.tags.get(tracking.KIND_TAG) if model.run_id else None
+        teacher_run = mlflow.get_run(model.run_id) if model.run_id else None
+        kind = teacher_run.data.tags.get(tracking.KIND_TAG) if teacher_run else None
         if kind != "teacher":
             raise ValueError(
                 f"teacher: {config.teacher!r} is not the model of a kdflow teacher run (its run's kind: {kind}); "
                 "name a kd-teacher version, e.g. models:/kd-teacher/1"
             )
-        return model.run_id, config.teacher
+        if config.teacher_signal == "cached":
+            try:
+                tracking.teacher_logits(teacher_run)
+            except ValueError as error:
+                raise ValueError(f"teacher: {config.teacher!r}: {error}; use teacher_signal=online or another teacher") from None
+        return teacher_run, config.teacher
     experiment_id = mlflow.active_run().info.experiment_id
     teacher_config = config.teacher_config()
     # Any source of the dataset must match its pinned digest, so the digest is known before loading.
@@ -146,54 +144,43 @@ def choose_teacher(config: Config) -> tuple[str, str]:
         teacher_run = _train_teacher_run(teacher_config)  # Raises if that run fails.
     else:
         print(f"reusing teacher run {teacher_run.info.run_id}", flush=True)
-    return teacher_run.info.run_id, teacher_run.data.tags[tracking.MODEL_URI_TAG]
-
-
-def cached_teacher_logits(teacher_run_id: str, data_digest: str) -> np.ndarray:
-    """The teacher's logits on the training split, as stored with its run."""
-    teacher_run = mlflow.get_run(teacher_run_id)
-    if teacher_run.data.tags.get(tracking.DATA_DIGEST_TAG) != data_digest:
-        raise ValueError(
-            f"teacher: run {teacher_run_id} was trained on other data than this run's; "
-            "use teacher_signal=online or a teacher trained on this dataset"
-        )
-    artifact = tracking.TEACHER_LOGITS_ARTIFACT
-    try:
-        path = mlflow.artifacts.download_artifacts(run_id=teacher_run_id, artifact_path=artifact)
-    except (MlflowException, OSError) as error:
-        raise ValueError(f"teacher: run {teacher_run_id} has no stored {artifact}; use teacher_signal=online") from error
-    return np.load(path)
+    return teacher_run, teacher_run.data.tags[tracking.MODEL_URI_TAG]
 
 
 def distill(config: Config, on_evaluation) -> None:
     """The student trained on hard labels and the teacher's soft targets at temperature T."""
-    teacher_run_id, teacher_model_uri = choose_teacher(config)
-    mlflow.set_tags({tracking.TEACHER_RUN_TAG: teacher_run_id, tracking.TEACHER_MODEL_TAG: teacher_model_uri})
+    teacher_run, teacher_model_uri = choose_teacher(config)
+    if teacher_run.data.tags.get(tracking.DATA_DIGEST_TAG) != data.DATASET_DIGESTS[config.dataset]:
+        raise ValueError(
+            f"teacher: run {teacher_run.info.run_id} was trained on other data than {config.dataset}; "
+            "name a teacher trained on this dataset"
+        )
+    # The teacher's recorded digest names the logits learned from (the run key includes it).
+    teacher_tags = {tracking.TEACHER_RUN_TAG: teacher_run.info.run_id, tracking.TEACHER_MODEL_TAG: teacher_model_uri}
+    if tracking.TEACHER_LOGITS_DIGEST_TAG in teacher_run.data.tags:
+        teacher_tags[tracking.TEACHER_LOGITS_DIGEST_TAG] = teacher_run.data.tags[tracking.TEACHER_LOGITS_DIGEST_TAG]
+    mlflow.set_tags(teacher_tags)
     from kdflow import losses, training
 
-    splits = _prepare("distill", config)
-    training.make_deterministic(config.seed)
-    student = _build_student(config)
     distillation_loss = losses.DISTILLATION_LOSSES[config.loss]
 
-    def objective(images, labels, teacher_logits):
+    def objective(student, images, labels, teacher_logits):
         student_logits = student(images, training=True)
         return distillation_loss(labels, student_logits, teacher_logits, config.temperature, config.hard_label_weight)
 
+    splits = _prepare("distill", config)
     if config.teacher_signal == "cached":
-        teacher_logits = cached_teacher_logits(teacher_run_id, splits.digest)
-        arrays = (splits.train_images, splits.train_labels, teacher_logits)
+        arrays = (splits.train_images, splits.train_labels, tracking.teacher_logits(teacher_run))
         step_objective = objective
     else:
-        # kdtf's way: the teacher, dropout off, runs on every student batch.
+        # kdtf's way: the teacher, dropout off, runs on every student batch (in float32, as stored).
         teacher = registry.load_keras_model(teacher_model_uri)
         arrays = (splits.train_images, splits.train_labels)
 
-        def step_objective(images, labels):
-            return objective(images, labels, teacher(images, training=False))
+        def step_objective(student, images, labels):
+            return objective(student, images, labels, teacher(images, training=False))
 
-    batches = training.training_batches(arrays, config.batch_size, config.seed)
-    result = training.train(student, step_objective, batches, splits, config, 1.0, on_evaluation)
+    student, result = training.train(_student_builder(config), step_objective, arrays, splits, config, 1.0, on_evaluation)
     _finish("distill", config, student, result, splits)
 
 

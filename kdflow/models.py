@@ -17,9 +17,9 @@ global state between trials, and a float32 network stays exactly what it was wit
 import keras
 from keras import layers
 
+from kdflow.data import NUM_CLASSES
 from kdflow.precision import POLICIES
 
-NUM_CLASSES = 10
 IMAGE_SHAPE = (28, 28)
 
 

@@ -23,12 +23,15 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.types import ColSpec, DataType, Schema
 from mlflow.types.schema import Array
 
+from kdflow import tracking
 from kdflow.config import DEFAULTS, Config
 
 CHAMPION = "champion"
-# Tags on every registered version: what its champion alias compares, and among which versions.
+# Tags on every registered version: what its champion alias compares, among which versions, and
+# (on students) which alias that is.
 VALIDATION_ACCURACY_TAG = "validation_accuracy"
 SETUP_TAG = "setup"
+ALIAS_TAG = "champion_alias"
 SIGNATURE = ModelSignature(
     inputs=None,  # Checked by images_to_pixels; see the module docstring.
     outputs=Schema([ColSpec(DataType.long, "digit"), ColSpec(Array(DataType.double), "probabilities")]),
@@ -41,10 +44,30 @@ MODEL_REQUIREMENTS = ("mlflow", "cloudpickle", "tensorflow", "keras", "numpy", "
 # Images per network call: a request of any size is answered in chunks of this many, so the
 # pixels and activations in memory stay bounded (only the answers grow with the request).
 CHUNK = 10_000
+# The columns of a DataFrame of images (``dataframe_split`` behind ``mlflow models serve``), one per pixel.
+PIXEL_COLUMNS = [f"pixel{index}" for index in range(28 * 28)]
 
 
 def shaped_images(images) -> np.ndarray:
-    """Raw images as (N, 28, 28) in their own dtype, integers or floats; wrong shapes refused."""
+    """Raw images as (N, 28, 28) in their own dtype, integers or floats; wrong shapes refused.
+
+    A DataFrame's columns are taken by name (``PIXEL_COLUMNS``, in any order), or, when they are
+    the positions 0 to 783 that pandas gives an array's columns, in order; any others are refused.
+    """
+    if isinstance(images, pd.DataFrame):
+        columns = list(images.columns)
+        if columns != PIXEL_COLUMNS and columns != list(range(28 * 28)):
+            pixel_names = set(PIXEL_COLUMNS)
+            if len(columns) != len(PIXEL_COLUMNS) or set(columns) != pixel_names:
+                others = [repr(column) for column in columns if column not in pixel_names]
+                raise MlflowException(
+                    "a DataFrame of images must have the 784 columns pixel0, pixel1, ..., pixel783, in any order "
+                    f"(or 0, 1, ..., 783, in order), got {len(columns)} columns"
+                    + (f", among them {', '.join(others[:3])}" if others else ""),
+                    INVALID_PARAMETER_VALUE,
+                )
+            images = images[PIXEL_COLUMNS]  # The pixel columns in another order: put back in order, by name.
+        images = images.to_numpy()
     images = np.asarray(images)
     if images.ndim == 2 and images.shape[1] == 28 * 28:
         images = images.reshape(-1, 28, 28)
@@ -66,14 +89,26 @@ def images_to_pixels(images) -> np.ndarray:
     if np.issubdtype(images.dtype, np.integer):
         if images.size and (images.min() < 0 or images.max() > 255):
             raise MlflowException("integer images must hold 0-255 pixel values", INVALID_PARAMETER_VALUE)
-        return images.astype(np.float32) / 255.0
+        # Checked image by image rather than over the whole input: no digit on the 0-255 scale has
+        # 1 as its brightest pixel, whatever is sent with it, and a large input is checked a chunk
+        # at a time, so a check over all of it would depend on where the chunks happen to divide.
+        # An all-zero image (its brightest pixel 0) is answered like any other.
+        if (images.max(axis=(1, 2)) == 1).any():
+            raise MlflowException(
+                "integer images hold 0-255 pixel values, and an image whose brightest pixel is 1 is a binarised "
+                "digit that would be read as almost black: send it as integers 0 and 255, or as floats 0.0 and 1.0",
+                INVALID_PARAMETER_VALUE,
+            )
+        pixels = images.astype(np.float32)
+        pixels /= 255.0  # In place: one float copy of the chunk, not two.
+        return pixels
     if not np.isfinite(images).all():  # NaN compares false with every bound below.
         raise MlflowException("images must not hold NaN or infinite pixels", INVALID_PARAMETER_VALUE)
     if images.size and (images.min() < 0.0 or images.max() > 1.0):
         raise MlflowException(
             "float images must hold pixels in [0, 1]; send 0-255 values as integers", INVALID_PARAMETER_VALUE
         )
-    return images.astype(np.float32)
+    return images.astype(np.float32, copy=False)
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
@@ -143,23 +178,43 @@ def log_model(keras_model, kind: str, config: Config, example_images: np.ndarray
     client = mlflow.MlflowClient()
     version = model_info.registered_model_version
     client.set_model_version_tag(name, version, SETUP_TAG, config.setup())
-    # Written last: a version is compared for its alias only once it has both tags.
+    if kind != "teacher":
+        client.set_model_version_tag(name, version, ALIAS_TAG, champion_alias(config))
+    # Written last: a version is compared for its alias only once it has these tags.
     client.set_model_version_tag(name, version, VALIDATION_ACCURACY_TAG, str(validation_accuracy))
+    print(f"registered {name} version {version}", flush=True)
     return model_info
 
 
-def _best_version(client, name: str, setup: str) -> str:
-    """The version of ``name`` trained in ``setup`` with the best validation accuracy; ties: the older."""
-    versions = [
-        version for version in client.search_model_versions(f"name = '{name}'")
-        if version.tags.get(SETUP_TAG) == setup and VALIDATION_ACCURACY_TAG in version.tags
-    ]
-    best = max(versions, key=lambda version: (float(version.tags[VALIDATION_ACCURACY_TAG]), -int(version.version)))
-    return best.version
+def _is_complete(client, run_id: str) -> bool:
+    """Whether a version's run completed: FINISHED, with its run key (tracking.mark_complete)."""
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:  # A run deleted for good leaves its versions behind.
+        return False
+    return run.info.status == "FINISHED" and tracking.RUN_KEY_TAG in run.data.tags
 
 
-def crown_champion(name: str, setup: str, alias: str, attempts: int = 20) -> str:
-    """Point ``alias`` at the best version of ``name`` trained in ``setup``; return that version.
+def _best_version(client, name: str, setup: str) -> str | None:
+    """The version of ``name`` trained in ``setup`` by a complete run with the best validation
+    accuracy (ties: the older), or None when no run of that setup completed.
+
+    Candidates are checked best first, so this usually asks about one run.
+    """
+    versions = sorted(
+        (
+            version for version in client.search_model_versions(f"name = '{name}'")
+            if version.tags.get(SETUP_TAG) == setup and VALIDATION_ACCURACY_TAG in version.tags
+        ),
+        key=lambda version: (-float(version.tags[VALIDATION_ACCURACY_TAG]), int(version.version)),
+    )
+    return next((version.version for version in versions if _is_complete(client, version.run_id)), None)
+
+
+def crown_champion(name: str, setup: str, alias: str, attempts: int = 20) -> str | None:
+    """Point ``alias`` at the best complete version of ``name`` trained in ``setup``; return that
+    version. A version whose run did not complete never holds the alias: with none that did, the
+    alias is removed, and None returned.
 
     Several runs may finish at once, and the registry has no compare-and-set, so each one sets
     the alias and then checks it against every version registered by then, until they agree.
@@ -169,7 +224,11 @@ def crown_champion(name: str, setup: str, alias: str, attempts: int = 20) -> str
     for _ in range(attempts):
         best = _best_version(client, name, setup)
         try:
-            client.set_registered_model_alias(name, alias, best)
+            if best is None:
+                if alias in client.get_registered_model(name).aliases:
+                    client.delete_registered_model_alias(name, alias)
+            else:
+                client.set_registered_model_alias(name, alias, best)
         except MlflowException:
             # MLflow creates a new alias by select-then-insert: two runs creating it at once
             # collide (a unique-constraint error), and the next attempt finds it and updates it.
@@ -177,6 +236,18 @@ def crown_champion(name: str, setup: str, alias: str, attempts: int = 20) -> str
         if _best_version(client, name, setup) == best:
             return best
     raise RuntimeError(f"{name}@{alias}: the alias kept changing under {attempts} attempts to set it")
+
+
+def promote(run_id: str) -> None:
+    """Once a run has ended FINISHED: give each champion alias its student versions name the best
+    complete version of their setup, which may be this run's. Called only after the run's end, so
+    a run stopped anywhere before it never moves an alias onto its version."""
+    client = mlflow.MlflowClient()
+    for version in client.search_model_versions(f"run_id = '{run_id}'"):
+        if ALIAS_TAG in version.tags:  # Teachers have no champion.
+            alias = version.tags[ALIAS_TAG]
+            if crown_champion(version.name, version.tags[SETUP_TAG], alias) == version.version:
+                print(f"{version.name} version {version.version} is now @{alias}", flush=True)
 
 
 def load_keras_model(model_uri: str):

@@ -18,7 +18,7 @@ from pathlib import Path
 import mlflow
 from mlflow.exceptions import MlflowException
 
-from kdflow import cards, results, tracking
+from kdflow import cards, liveness, results, tracking
 from kdflow.config import Config
 from kdflow.jobs import JOBS
 
@@ -78,18 +78,21 @@ def tracked_run(kind: str, parent_run_id=None, experiment_id=None, tags=None):
     The error goes into a tag and an ``error.txt`` artifact, so a failed run says why in the UI,
     and whatever the run logged before the failure stays. A sweep's trials pass their parent.
     MLflow samples the machine's CPU, memory, disk and network (and NVIDIA GPUs, with the gpu
-    extra) every 10 s while the run lasts: the run page's System metrics tab.
+    extra) every 10 s while the run lasts: the run page's System metrics tab. The run names its
+    process and beats while it lasts (``liveness``), so that it can be ended if that process dies.
     """
     run = mlflow.start_run(experiment_id=experiment_id, parent_run_id=parent_run_id, tags=tags, log_system_metrics=True)
     try:
-        mlflow.set_tags({tracking.KIND_TAG: kind, tracking.CODE_VERSION_TAG: tracking.code_version()})
+        # Where it runs, in the same write that makes it a kdflow run: liveness can always tell.
+        mlflow.set_tags({tracking.KIND_TAG: kind, tracking.CODE_VERSION_TAG: tracking.code_version(), **liveness.process_tags()})
         client = mlflow.MlflowClient()
         if EXPERIMENT_KIND_TAG not in client.get_experiment(run.info.experiment_id).tags:
             # Runs starting together may all find the tag missing; one insert wins, the others
             # fail on its unique key, and the tag is there either way.
             with contextlib.suppress(MlflowException):
                 client.set_experiment_tag(run.info.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
-        yield run
+        with liveness.heartbeat(run.info.run_id):
+            yield run
     except BaseException as error:
         _end_failed_run(error, "KILLED" if isinstance(error, (KeyboardInterrupt, Stopped)) else "FAILED")
         raise
@@ -101,8 +104,8 @@ def _end_failed_run(error: BaseException, status: str) -> None:
 
     The store itself may be what failed (a server down, a full artifact disk). ``mlflow.end_run``
     takes the run off MLflow's active runs before it asks the store, so even when the store cannot
-    be reached MLflow's exit handler will not end the run FINISHED; it then stays RUNNING, and
-    without a run key it is never reused or counted.
+    be reached MLflow's exit handler will not end the run FINISHED; it then stays RUNNING, without
+    a run key it is never reused or counted, and ``kdflow-end-orphans`` ends it once its process is gone.
     """
     message = f"{type(error).__name__}: {error}"
     steps = {

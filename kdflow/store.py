@@ -12,17 +12,76 @@ query of the UI) no longer blocks writers, and a writer waiting to commit no lon
 processes opening the store; in the default rollback-journal mode those waits end in "database
 is locked". Writers still take turns, within MLflow's busy timeout (20 s a session). Other stores
 are left as they are: several machines cannot share a SQLite file and need a tracking server.
+
+A store on another machine (a tracking server, a database) is asked first whether it answers at
+all: MLflow's client retries an unreachable server for minutes before it gives up, so a command
+would sit silent for that long and then fail as if its input were bad.
 """
 
 import contextlib
 import hashlib
 import os
+import socket
 import sqlite3
+import ssl
 import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
 import mlflow
 from sqlalchemy.engine import make_url
+
+# Seconds to wait for a TCP connection, then for a tracking server's answer: about 15 s at most in all.
+CONNECT_SECONDS, ANSWER_SECONDS = 5, 10
+DATABASE_PORTS = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}
+
+
+class Unreachable(Exception):
+    """The tracking or registry store does not answer: not bad input, and nothing could be recorded."""
+
+
+def _address(uri: str) -> tuple[str, int] | None:
+    """(host, port) of a store on the network, None for a local one (a file, SQLite, a socket)."""
+    parts = urllib.parse.urlsplit(uri)
+    if parts.scheme in ("http", "https"):
+        return parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
+    backend = parts.scheme.split("+")[0]
+    if backend in DATABASE_PORTS:
+        url = make_url(uri)
+        return (url.host, url.port or DATABASE_PORTS[backend]) if url.host else None
+    return None
+
+
+def check_reachable(uri: str) -> None:
+    """Raise Unreachable, naming the URI, unless the store at ``uri`` answers within about 15 s.
+
+    Any HTTP answer counts, even a refusal: what the server says is then MLflow's to report, at
+    once. The URI is printed without a password it may hold.
+    """
+    address = _address(uri)
+    if address is None:
+        return
+    shown = make_url(uri).render_as_string(hide_password=True) if not uri.startswith("http") else uri
+    try:
+        socket.create_connection(address, timeout=CONNECT_SECONDS).close()
+        if uri.startswith("http"):
+            urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=ANSWER_SECONDS).close()
+    except (urllib.error.HTTPError, ssl.SSLError):
+        return  # A server answered.
+    except (OSError, ValueError) as error:
+        reason = getattr(error, "reason", error)
+        raise Unreachable(
+            f"the tracking store {shown} does not answer ({reason}); start it, or point MLFLOW_TRACKING_URI "
+            "(and MLFLOW_REGISTRY_URI, if set) at one that runs"
+        ) from None
+
+
+def check_stores() -> None:
+    """The tracking store and, if it is another, the model registry's: each must answer."""
+    for uri in dict.fromkeys((mlflow.get_tracking_uri(), mlflow.get_registry_uri())):
+        check_reachable(uri)
 
 try:
     import fcntl

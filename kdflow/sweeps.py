@@ -9,16 +9,13 @@ and data) is not trained again; that run is listed in the sweep's trial table in
 rest run on Ray Tune, and in what order, is ``kdflow.trials``'.
 """
 
-import contextlib
 import dataclasses
 import json
 import math
 import os
 import socket
-import threading
 import time
 import urllib.parse
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,15 +23,12 @@ import mlflow
 import pandas as pd
 import ray
 
-from kdflow import cards, runs, tracking, trials
+from kdflow import cards, liveness, runs, tracking, trials
 from kdflow.config import DEFAULTS, KIND_PARAMETERS, KINDS, SEED_RANGE, Config, parse_options, to_text
 from kdflow.data import DATASET_DIGESTS
 from kdflow.trials import Outcome, Trial, TrialResult
 
 RESUMED_TAG = "kdflow.resumed_sweep"
-HEARTBEAT_TAG = "kdflow.heartbeat"  # When a running sweep last said it was alive (seconds since the epoch).
-HEARTBEAT_SECONDS = 5
-DEAD_AFTER_SECONDS = 3 * HEARTBEAT_SECONDS  # Three beats missed: the sweep's driver is gone.
 # Where and how the trials run, not what they train: a sweep resumed with other resources is the same sweep.
 NOT_IDENTITY = ("address", "cpus_per_trial", "gpus_per_trial", "resume")
 # The tracking server's credentials, which every trial needs and no record may show.
@@ -205,10 +199,11 @@ def check_cluster_can_track(tracking_uri: str, alive_nodes: int) -> None:
 def end_interrupted_sweep() -> str:
     """For resume=true: end the unfinished sweeps with these parameters; return the one continued.
 
-    A sweep still RUNNING must have stopped beating (``_heartbeat``): resuming a live sweep would
-    train its trials twice. The runs the dead sweeps left RUNNING died with them and end KILLED,
-    so nothing stays RUNNING; their finished trials are reused like any finished run. The new
-    sweep records which one it continues: the newest that was still RUNNING, else the newest.
+    A sweep still RUNNING must be gone (``liveness``: its driver's process ended, or stopped
+    beating): resuming a live sweep would train its trials twice. The runs the dead sweeps left
+    RUNNING died with them and end KILLED, so nothing stays RUNNING; their finished trials are
+    reused like any finished run. The new sweep records which one it continues: the newest that
+    was still RUNNING, else the newest.
     """
     current = mlflow.get_run(mlflow.active_run().info.run_id)
     unfinished = [
@@ -225,12 +220,12 @@ def end_interrupted_sweep() -> str:
     if not unfinished:
         raise ValueError("resume: this experiment has no interrupted sweep with these parameters")
     running = [run for run in unfinished if run.info.status == "RUNNING"]
+    now, machine = time.time(), liveness.this_machine()
     for run in running:
-        silent_for = time.time() - float(run.data.tags.get(HEARTBEAT_TAG, "0"))
-        if silent_for < DEAD_AFTER_SECONDS:
+        if liveness.why_gone(run.data.tags, run.info.start_time, now, machine) is None:
             raise ValueError(
-                f"resume: sweep {run.info.run_id} is still running (its last heartbeat was {silent_for:.0f} s ago); "
-                f"stop it, or resume {DEAD_AFTER_SECONDS} s after it stopped"
+                f"resume: sweep {run.info.run_id} is still running; stop it first (a driver on another machine "
+                f"counts as stopped {liveness.DEAD_AFTER_SECONDS} s after its last heartbeat)"
             )
     left_running = [
         run
@@ -241,10 +236,38 @@ def end_interrupted_sweep() -> str:
         )
         if run.data.tags.get("mlflow.parentRunId") in {sweep.info.run_id for sweep in unfinished}
     ]
-    trials.end_orphans(left_running + running, "KILLED", f"interrupted; resumed by sweep {current.info.run_id}")
+    liveness.end_runs(left_running + running, "KILLED", f"interrupted; resumed by sweep {current.info.run_id}")
     continued = (running or unfinished)[0].info.run_id
     mlflow.set_tag(RESUMED_TAG, continued)
     return continued
+
+
+def finished_trials(planned: list[Trial], experiment_id: str) -> tuple[list[Trial], list]:
+    """The planned trials, teachers and students first, and beside each the finished run that
+    trained it already, or None.
+
+    A distillation's key holds its teacher's logits digest, so the teachers are looked up first;
+    a distillation whose teacher is to be trained again is trained again too. Any source of the
+    dataset must match its pinned digest, so it is known before loading. Each trial resolves
+    precision=auto on its own node; the driver looks up what it would choose.
+    """
+    def key(trial: Trial, teacher_logits_digest: str = "") -> tuple[str, str]:
+        config = trial.config.resolved()
+        return trial.kind, tracking.run_key(trial.kind, config, DATASET_DIGESTS[config.dataset], teacher_logits_digest)
+
+    first = [trial for trial in planned if trial.kind != "distill"]
+    found = tracking.find_finished_runs([key(trial) for trial in first], experiment_id)
+    teacher_digests = {
+        trial.teacher_key(): run.data.tags[tracking.TEACHER_LOGITS_DIGEST_TAG]
+        for trial, run in zip(first, found) if trial.kind == "teacher" and run is not None
+    }
+    distills = [trial for trial in planned if trial.kind == "distill"]
+    with_teacher = [trial for trial in distills if trial.teacher_key() in teacher_digests]
+    reused = tracking.find_finished_runs(
+        [key(trial, teacher_digests[trial.teacher_key()]) for trial in with_teacher], experiment_id
+    ) if with_teacher else []
+    reused_by_trial = dict(zip(with_teacher, reused))
+    return first + distills, found + [reused_by_trial.get(trial) for trial in distills]
 
 
 def run_trials(sweep: SweepConfig, recipe: dict) -> list[TrialResult]:
@@ -257,14 +280,7 @@ def run_trials(sweep: SweepConfig, recipe: dict) -> list[TrialResult]:
     check_resources(sweep, nodes)
     check_cluster_can_track(tracking_uri, len(nodes))
     outcomes, to_train = [], []
-    planned = plan(sweep, recipe)
-    # Any source of the dataset must match its pinned digest, so it is known before loading.
-    # Each trial resolves precision=auto on its own node; the driver looks up what it would choose.
-    keys = [
-        (trial.kind, tracking.run_key(trial.kind, trial.config.resolved(), DATASET_DIGESTS[trial.config.dataset]))
-        for trial in planned
-    ]
-    for trial, reused in zip(planned, tracking.find_finished_runs(keys, parent.experiment_id)):
+    for trial, reused in zip(*finished_trials(plan(sweep, recipe), parent.experiment_id)):
         if reused is None:
             to_train.append(trial)
         else:
@@ -287,35 +303,12 @@ def run_trials(sweep: SweepConfig, recipe: dict) -> list[TrialResult]:
         filter_string=f"tags.`mlflow.parentRunId` = '{parent.run_id}' and attributes.status = 'RUNNING'",
         output_format="list",
     )
-    trials.end_orphans([run for run in left_running if run.info.run_id in stopped], "KILLED", trials.STOPPED_EARLY)
-    trials.end_orphans(
+    liveness.end_runs([run for run in left_running if run.info.run_id in stopped], "KILLED", trials.STOPPED_EARLY)
+    liveness.end_runs(
         [run for run in left_running if run.info.run_id not in stopped], "FAILED",
         "the worker died and Ray Tune gave up on the trial",
     )
     return outcomes + trained
-
-
-@contextmanager
-def _heartbeat(run_id: str):
-    """Tag the sweep run with the time every HEARTBEAT_SECONDS while it runs, so that a resume can
-    tell a live sweep from one whose driver died. A beat the store misses is only a late beat."""
-    stop = threading.Event()
-    client = mlflow.MlflowClient()
-
-    def beat():
-        while True:
-            with contextlib.suppress(Exception):
-                client.set_tag(run_id, HEARTBEAT_TAG, f"{time.time():.0f}")
-            if stop.wait(HEARTBEAT_SECONDS):
-                return
-
-    thread = threading.Thread(target=beat, name="kdflow-sweep-heartbeat", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
 
 
 def describe_sweep(sweep: SweepConfig, recipe: dict) -> None:
@@ -346,7 +339,7 @@ def run_sweep(sweep: SweepConfig, recipe: dict) -> list[TrialResult]:
 
     Raises ``runs.PartlyFailed``, after logging everything, when some trial failed for good.
     """
-    with runs.tracked_run("sweep") as run, _heartbeat(run.info.run_id):
+    with runs.tracked_run("sweep"):
         describe_sweep(sweep, recipe)
         outcomes = run_trials(sweep, recipe)
         table = pd.DataFrame([outcome.row() for outcome in outcomes])

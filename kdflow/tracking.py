@@ -11,11 +11,15 @@ calls ``set_tracking_uri``, which would break that hand-over.
 import functools
 import hashlib
 import json
+import tempfile
 from pathlib import Path
 
 import mlflow
+import numpy as np
 from mlflow.data.sources import LocalArtifactDatasetSource
 from mlflow.exceptions import MlflowException
+
+from kdflow.data import NUM_CLASSES, TRAIN_SIZE, read_npy_header
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 KIND_TAG = "kdflow.kind"
@@ -31,6 +35,11 @@ TEACHER_MODEL_TAG = "kdflow.teacher_model_uri"
 ERROR_TAG = "kdflow.error"
 # A teacher run's logits on the training split: the soft targets of every distillation from it.
 TEACHER_LOGITS_ARTIFACT = "teacher_logits.npy"
+TEACHER_LOGITS_SHAPE = (TRAIN_SIZE, NUM_CLASSES)
+# What a teacher run recorded of the logits file it stored, which every reader checks: the sha256 of
+# the file and its shape. A distillation records the digest of the logits it learned from.
+TEACHER_LOGITS_DIGEST_TAG = "kdflow.teacher_logits_sha256"
+TEACHER_LOGITS_SHAPE_TAG = "kdflow.teacher_logits_shape"
 
 
 # The modules that decide what a run trains and what it stores for others to reuse (teacher
@@ -54,14 +63,17 @@ def code_version() -> str:
     return digest.hexdigest()[:16]
 
 
-def run_key(kind: str, config, data_digest: str) -> str:
-    """Two runs with the same key train the same thing: kind, parameters, code and data agree.
+def run_key(kind: str, config, data_digest: str, teacher_logits_digest: str = "") -> str:
+    """Two runs with the same key train the same thing: kind, parameters, code and data agree, and
+    a distillation's teacher logits too (their digest, as the teacher run recorded it).
 
     ``data_dir`` is left out because it only says where the data came from; the digest pins what.
+    Teachers of the same key trained on other hardware, or again after their logits were lost,
+    can differ; the digest keeps the distillations from them apart.
     """
     params = {name: value for name, value in config.params(kind).items() if name != "data_dir"}
-    identity = json.dumps([kind, params, code_version(), data_digest], sort_keys=True)
-    return hashlib.sha256(identity.encode()).hexdigest()[:16]
+    identity = [kind, params, code_version(), data_digest] + ([teacher_logits_digest] if kind == "distill" else [])
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def log_dataset(kind: str, config, splits) -> None:
@@ -84,8 +96,62 @@ def mark_complete(kind: str, config) -> None:
     Only runs with a key are reused or counted in results, so a run that failed anywhere before
     this line, whatever MLflow later makes of its status, can never stand in for a real result.
     """
-    run = mlflow.get_run(mlflow.active_run().info.run_id)
-    mlflow.set_tag(RUN_KEY_TAG, run_key(kind, config, run.data.tags[DATA_DIGEST_TAG]))
+    tags = mlflow.get_run(mlflow.active_run().info.run_id).data.tags
+    mlflow.set_tag(RUN_KEY_TAG, run_key(kind, config, tags[DATA_DIGEST_TAG], tags.get(TEACHER_LOGITS_DIGEST_TAG, "")))
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def log_teacher_logits(logits: np.ndarray) -> None:
+    """Store a teacher's logits with the active run, with the digest and shape every reader checks."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / TEACHER_LOGITS_ARTIFACT
+        np.save(path, logits)
+        mlflow.set_tags({TEACHER_LOGITS_DIGEST_TAG: _sha256(path), TEACHER_LOGITS_SHAPE_TAG: ",".join(map(str, logits.shape))})
+        mlflow.log_artifact(str(path))
+
+
+def teacher_logits(run) -> np.ndarray:
+    """The logits a teacher run stored, read-only, once the file has been checked against the
+    digest and shape the run recorded; a ValueError names the run, the file and what is wrong."""
+    tags = run.data.tags
+    digest, shape = tags.get(TEACHER_LOGITS_DIGEST_TAG), tags.get(TEACHER_LOGITS_SHAPE_TAG)
+    if digest is None or shape is None:
+        raise ValueError(
+            f"teacher run {run.info.run_id}: its {TEACHER_LOGITS_ARTIFACT} has no recorded digest and shape "
+            "(a teacher of an older kdflow, or one that failed before storing them)"
+        )
+    return _checked_logits(run.info.run_id, digest, shape)
+
+
+@functools.lru_cache(maxsize=4)
+def _checked_logits(run_id: str, digest: str, shape: str) -> np.ndarray:
+    """Download and check a teacher's logits. Cached per process: a sweep's warm worker reads the
+    same teacher for every distillation from it, and what was checked once stays what it was."""
+    where = f"teacher run {run_id}: its {TEACHER_LOGITS_ARTIFACT}"
+    expected = ",".join(map(str, TEACHER_LOGITS_SHAPE))
+    if shape != expected:
+        raise ValueError(f"{where} was recorded with shape ({shape}), not ({expected}), one logit per class per training image")
+    with tempfile.TemporaryDirectory() as folder:
+        try:
+            path = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=TEACHER_LOGITS_ARTIFACT, dst_path=folder))
+        except (MlflowException, OSError) as error:
+            raise ValueError(f"{where} cannot be read from the artifact store ({error})") from None
+        try:
+            stored_shape, dtype, _ = read_npy_header(path)
+        except ValueError as error:
+            raise ValueError(f"{where}: {error}") from None
+        if stored_shape != TEACHER_LOGITS_SHAPE or dtype != np.float32:
+            raise ValueError(f"{where} holds {dtype} of shape {stored_shape}, not float32 of shape {TEACHER_LOGITS_SHAPE}")
+        if _sha256(path) != digest:
+            raise ValueError(f"{where} has changed since the teacher stored it: its sha256 is not the recorded {digest}")
+        logits = np.load(path, allow_pickle=False)
+    if not np.isfinite(logits).all():
+        raise ValueError(f"{where} holds NaN or infinite logits")
+    logits.setflags(write=False)
+    return logits
 
 
 def log_evaluation(evaluation) -> None:
@@ -106,20 +172,25 @@ def log_evaluation(evaluation) -> None:
 
 
 def _has_its_results(kind: str, run) -> bool:
-    """Whether what a run promises can still be read: its model, and a teacher's logits too."""
+    """Whether what a run promises can still be read: its model, and a teacher's logits, checked."""
     if MODEL_URI_TAG not in run.data.tags:
         return False
     try:
         mlflow.models.get_model_info(run.data.tags[MODEL_URI_TAG])
-        artifacts = {item.path for item in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
     except (MlflowException, OSError):
         return False
-    return kind != "teacher" or TEACHER_LOGITS_ARTIFACT in artifacts
+    if kind == "teacher":
+        try:
+            teacher_logits(run)
+        except ValueError as error:
+            print(f"not reusing {error}", flush=True)
+            return False
+    return True
 
 
 def find_finished_runs(wanted: list[tuple[str, str]], experiment_id: str) -> list:
     """For each (kind, run key): the newest FINISHED run of the experiment with that key whose
-    model (and a teacher's logits) can still be read, or None.
+    model (and a teacher's logits, checked) can still be read, or None.
 
     One search for them all: a sweep asks for hundreds before its first trial starts.
     """
@@ -137,8 +208,8 @@ def find_finished_runs(wanted: list[tuple[str, str]], experiment_id: str) -> lis
     return [next((run for run in newest_first[key] if _has_its_results(kind, run)), None) for kind, key in wanted]
 
 
-def find_finished_run(kind: str, config, data_digest: str, experiment_id: str):
+def find_finished_run(kind: str, config, data_digest: str, experiment_id: str, teacher_logits_digest: str = ""):
     """The newest FINISHED run of the experiment that trained exactly this (same run key) and
     whose model (and a teacher's logits) can still be read, or None."""
-    (run,) = find_finished_runs([(kind, run_key(kind, config, data_digest))], experiment_id)
+    (run,) = find_finished_runs([(kind, run_key(kind, config, data_digest, teacher_logits_digest))], experiment_id)
     return run

@@ -3,6 +3,15 @@
 kdtf's loop, in TensorFlow 2: Adam on shuffled batches for a fixed number of steps, an evaluation
 on the validation split every ``eval_every`` steps, and the weights of the best evaluation restored
 before the single test score. The objective is passed in, so one loop serves all three kinds.
+
+A network trains in the run's number format, but what leaves the loop is the same network built
+in float32 with the trained weights: the test score, the logged model and a teacher's stored
+logits are all computed in float32. bfloat16 keeps 8 bits of mantissa, so two of kdtf's teacher
+logits in the thousands can tie in one batch and not in another, and a score or soft target
+computed in it depends on which images share its batch. In float32 a logit differs between batch
+compositions by float32 rounding at most (about one part in 10^6), so the stored logits, the
+teacher run again, and a loaded model all give what the run recorded. The validation evaluations
+that pick the best step run in the training format, as part of training.
 """
 
 import math
@@ -88,21 +97,26 @@ def evaluate(model, images, labels, temperature=1.0) -> tuple[float, float]:
 
 
 def train(
-    model: keras.Model,
+    build_model: Callable[[str], keras.Model],
     objective: Callable,
-    batches: tf.data.Dataset,
+    arrays: tuple,
     splits,
     config,
     validation_temperature: float = 1.0,
     on_evaluation: Callable[[Evaluation], None] = lambda evaluation: None,
-) -> TrainingResult:
-    """Minimise ``objective(*batch)`` over ``model``'s weights and return the restored best result.
+) -> tuple[keras.Model, TrainingResult]:
+    """Seed, build the network in ``config.precision``, minimise ``objective(model, *batch)`` over
+    its weights, and return the float32 network with the best weights and its result.
 
-    ``objective`` computes the loss of one batch as yielded by ``batches``; it calls the model
-    with ``training=True`` so dropout is on. ``splits`` is a :class:`kdflow.data.Splits` and
-    ``config`` a :class:`kdflow.config.Config` (num_steps, eval_every, learning_rate, batch_size,
-    precision); the model was built in ``config.precision``.
+    ``build_model(precision)`` builds a fresh network. ``arrays`` are the training tensors that the
+    batches are drawn from, and ``objective`` computes the loss of one batch of them; it calls the
+    model with ``training=True`` so dropout is on. ``splits`` is a :class:`kdflow.data.Splits` and
+    ``config`` a :class:`kdflow.config.Config` (seed, num_steps, eval_every, learning_rate,
+    batch_size, precision).
     """
+    make_deterministic(config.seed)
+    model = build_model(config.precision)
+    batches = training_batches(arrays, config.batch_size, config.seed)
     optimizer = keras.optimizers.Adam(config.learning_rate)
     if config.precision == "float16":
         # float16's narrow exponent turns small gradients into zeros: scale the loss up before
@@ -118,7 +132,7 @@ def train(
         losses = tf.TensorArray(tf.float32, size=count)
         for index in tf.range(count):
             with tf.GradientTape() as tape:
-                loss = objective(*next(iterator))
+                loss = objective(model, *next(iterator))
                 scaled_loss = optimizer.scale_loss(loss)  # The loss itself unless loss scaling is on.
             optimizer.apply_gradients(zip(tape.gradient(scaled_loss, variables), variables))
             losses = losses.write(index, loss)
@@ -150,11 +164,13 @@ def train(
             best = (validation_accuracy, step, model.get_weights())
 
     best_validation_accuracy, best_step, best_weights = best
-    model.set_weights(best_weights)
+    # A float32 network is its own float32 twin, so float32 runs compute exactly what they always did.
+    stored_model = model if config.precision == "float32" else build_model("float32")
+    stored_model.set_weights(best_weights)
     started = time.perf_counter()
-    _, test_accuracy = evaluate(model, splits.test_images, splits.test_labels)
+    _, test_accuracy = evaluate(stored_model, splits.test_images, splits.test_labels)
     evaluation_seconds += time.perf_counter() - started
-    return TrainingResult(
+    return stored_model, TrainingResult(
         best_step=best_step,
         best_validation_accuracy=best_validation_accuracy,
         test_accuracy=test_accuracy,

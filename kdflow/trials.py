@@ -21,7 +21,7 @@ from ray import tune
 from ray.tune.schedulers import AsyncHyperBandScheduler
 from ray.tune.search import ConcurrencyLimiter, Searcher
 
-from kdflow import runs, tracking
+from kdflow import liveness, registry, runs, tracking
 from kdflow.config import Config
 
 TRIAL_TAG = "kdflow.trial_id"
@@ -153,14 +153,6 @@ def _configure_devices(cpu_threads: int) -> None:
     training.configure_devices(cpu_threads)
 
 
-def end_orphans(orphans, status: str, reason: str) -> None:
-    """End runs whose process died (or was stopped) before it could end them, saying why."""
-    client = mlflow.MlflowClient()
-    for run in orphans:
-        client.set_tag(run.info.run_id, tracking.ERROR_TAG, reason)
-        client.set_terminated(run.info.run_id, status)
-
-
 def _live_reporter(run_id: str):
     """Log each evaluation to MLflow and report it to Ray Tune, which may answer by stopping the trial."""
 
@@ -194,7 +186,7 @@ def run_trial(space: dict) -> None:
         filter_string=f"tags.`{TRIAL_TAG}` = '{trial_id}' and attributes.status = 'RUNNING'",
         output_format="list",
     )
-    end_orphans(stale, "FAILED", "the worker died; Ray Tune retried the trial")
+    liveness.end_runs(stale, "FAILED", "the worker died; Ray Tune retried the trial")
     trial = space["trial"]
     # Where the trial ran, so a sweep can be checked to use the whole cluster and a worker be found.
     tags = {TRIAL_TAG: trial_id, NODE_TAG: ray.get_runtime_context().get_node_id(), WORKER_PID_TAG: str(os.getpid())}
@@ -208,6 +200,7 @@ def run_trial(space: dict) -> None:
         # rest (a worker that died, a tracking server that was down for longer than MLflow retries).
         tune.report({"error": f"{type(error).__name__}: {error}"})
         return
+    registry.promote(run.info.run_id)  # Only now that the run has ended FINISHED.
     final = mlflow.get_run(run.info.run_id).data.metrics
     tune.report({"run_id": run.info.run_id, "step": trial.config.num_steps, **final})
 

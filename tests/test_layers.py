@@ -16,12 +16,14 @@ from kdflow import tracking
 ROOT = Path(__file__).resolve().parents[1]
 # Lowest first: a module may import only from the layers below its own (README, Layout).
 LAYERS = (
-    ("precision",),  # the number format and what "auto" picks: pure
-    ("data", "losses", "models"),  # pure: no MLflow, no Ray
+    ("precision", "data"),  # the number format and what "auto" picks; the datasets and .npy files: pure
+    ("losses", "models"),  # pure: no MLflow, no Ray
     ("config", "training"),  # the parameters; the training loop
-    ("tracking", "registry", "store"),  # what a run stores and its reuse key; logged models; the SQLite file set up
+    ("tracking", "store"),  # what a run stores, its reuse key and when it is complete; the SQLite file set up
+    ("registry",),  # logged models, and the champion alias, which only a complete run's version holds
     ("jobs", "results", "predict"),  # train; tabulate the tracked runs; answer for image files
     ("cards",),  # a registered student's model card, from its run and its results-table cell
+    ("liveness",),  # where each run's process runs, its heartbeat, and ending the runs whose process is gone
     ("runs",),  # one job inside one tracked run
     ("trials",),  # a sweep's runs on Ray Tune: their order, the trainable, their outcomes
     ("sweeps",),  # many runs over Ray Tune: the plan, reuse, resumption, the sweep's record

@@ -84,14 +84,16 @@ def test_float16_training_with_loss_scaling_learns_like_float32(fetched_mnist):
 
     def best_validation_accuracy(fmt: str) -> float:
         config = Config(num_steps=60, eval_every=30, precision=fmt, recipe="tuned")
-        training.make_deterministic(config.seed)
-        student = models.build_student("softmax", "zeros", config.precision)
 
-        def objective(images, labels):
+        def objective(student, images, labels):
             return losses.hard_loss(labels, student(images, training=True), 1.0)
 
-        batches = training.training_batches((splits.train_images, splits.train_labels), config.batch_size, config.seed)
-        return training.train(student, objective, batches, splits, config).best_validation_accuracy
+        arrays = (splits.train_images, splits.train_labels)
+        build = lambda precision: models.build_student("softmax", "zeros", precision)
+        stored, result = training.train(build, objective, arrays, splits, config)
+        assert {variable.dtype for variable in stored.weights} == {"float32"}
+        assert {layer.compute_dtype for layer in stored.layers} == {"float32"}  # What is stored computes in float32.
+        return result.best_validation_accuracy
 
     # The same batches from the same zero start: float16 arithmetic may cost a little, not the learning.
     assert best_validation_accuracy("float16") == pytest.approx(best_validation_accuracy("float32"), abs=0.02)

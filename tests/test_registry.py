@@ -13,7 +13,7 @@ import time
 import mlflow
 import pytest
 
-from kdflow import registry
+from kdflow import registry, tracking
 from kdflow.config import DEFAULTS, Config
 from scripts.servers import free_port
 from tests.conftest import MLFLOW, serving
@@ -58,18 +58,23 @@ def test_many_runs_finishing_at_once_leave_the_best_champion(tmp_path, monkeypat
         client.create_registered_model("kd-student")
         with mlflow.start_run() as run:
             mlflow.log_text("a stand-in: the registry does not read it", "model/MLmodel")
-        source = f"runs:/{run.info.run_id}/model"
+            mlflow.set_tag(tracking.RUN_KEY_TAG, "complete")  # What a run writes last, once complete.
+        # A run that failed after registering its version, the best of all: it must never hold the alias.
+        with pytest.raises(RuntimeError), mlflow.start_run() as failed:
+            raise RuntimeError("stopped after registering its model")
+        source, failed_source = f"runs:/{run.info.run_id}/model", f"runs:/{failed.info.run_id}/model"
         setup, alias = DEFAULTS.setup(), registry.CHAMPION
         accuracies = [0.90, 0.95, 0.91, 0.93, 0.97, 0.92, 0.94, 0.96]
         start_at = str(time.time() + 12)  # Time enough for every process to import MLflow first.
 
-        def promote(setup, alias, accuracy):
+        def promote(setup, alias, accuracy, source=source):
             command = [sys.executable, "-c", PROMOTE, "kd-student", setup, alias, str(accuracy), source, start_at]
             return subprocess.Popen(command, env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
         processes = [promote(setup, alias, accuracy) for accuracy in accuracies]
         # A better student of another setup at the same moment: it must not take this setup's alias.
         processes.append(promote(Config(num_steps=40).setup(), "champion-other", 0.99))
+        processes.append(promote(setup, alias, 0.999, failed_source))
         for process in processes:
             _, errors = process.communicate(timeout=300)
             assert process.returncode == 0, errors[-3000:]

@@ -23,10 +23,10 @@ def test_code_version_changes_with_the_training_modules_only(tmp_path, monkeypat
         finally:
             path.write_text(source)
 
-    # The command line, sweeps, run naming, tables, model cards and prediction do not change what a
-    # finished run trained (tests/test_layers.py derives the training path from the imports).
+    # The command line, sweeps, run naming, liveness, tables, model cards and prediction do not
+    # change what a finished run trained (tests/test_layers.py derives the training path from the imports).
     others = {path.stem for path in (tmp_path / "kdflow").glob("*.py")} - set(tracking.TRAINING_MODULES) - {"__init__"}
-    assert others == {"cli", "sweeps", "trials", "runs", "results", "cards", "predict", "store"}
+    assert others == {"cli", "sweeps", "trials", "runs", "liveness", "results", "cards", "predict", "store"}
     for module in others:
         assert edited(module) == original, module
     for module in tracking.TRAINING_MODULES:

@@ -6,8 +6,12 @@ wrong); every check compares against that same model called directly, not agains
 
 import json
 import os
+import re
+import socket
+import struct
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -19,7 +23,7 @@ from PIL import Image
 
 from kdflow import predict
 from scripts.servers import free_port
-from tests.conftest import MLFLOW, SHORT_CHAMPION_URI, serving, succeeded
+from tests.conftest import MLFLOW, SHORT_CHAMPION_URI, run_id_of, serving, succeeded
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("project_store")]  # tests/conftest.py says why
 
@@ -34,6 +38,25 @@ def test_images(raw_mnist):
 
 def champion_digits(images: np.ndarray) -> list[int]:
     return mlflow.pyfunc.load_model(SHORT_CHAMPION_URI).predict(images)["digit"].tolist()
+
+
+def damaged_png(path: Path, image: np.ndarray) -> None:
+    """A PNG of ``image`` whose IDAT chunk says it is 40 bytes shorter than it is: Pillow then takes
+    bytes of the image data for the next chunk's type, as it does for many a random corruption."""
+    image_file = path.with_suffix(".tmp.png")
+    Image.fromarray(image).save(image_file)
+    content = image_file.read_bytes()
+    image_file.unlink()
+    at = content.index(b"IDAT") - 4
+    (length,) = struct.unpack(">I", content[at : at + 4])
+    path.write_bytes(content[:at] + struct.pack(">I", length - 40) + content[at + 4 :])
+
+
+def write_npy(path: Path, shape: tuple, data: bytes) -> None:
+    """A .npy file with a real header for uint8 ``shape``, followed by ``data`` whatever it holds."""
+    with path.open("wb") as file:
+        np.lib.format.write_array_header_1_0(file, {"descr": "|u1", "fortran_order": False, "shape": shape})
+        file.write(data)
 
 
 def write_digits(folder: Path, images: np.ndarray) -> Path:
@@ -58,7 +81,7 @@ def test_predict_answers_each_file_and_names_the_bad_ones(store, test_images, tm
     assert errors.keys() == {"notes.png", "small.npy", "missing.png"}
     assert "not an image" in errors["notes.png"] and "(2, 27, 27)" in errors["small.npy"]
     assert errors["missing.png"] == "no such file"
-    assert "3 of 26 files could not be read" in process.stderr
+    assert "3 of 24 files could not be read" in process.stderr  # 20 PNG files, 2 .npy, notes.png, missing.png
     digits = {answer["file"]: answer["digit"] for answer in answers if "digit" in answer}
     expected = champion_digits(test_images)
     assert [digits[str(folder / f"digit{index:02d}.png")] for index in range(20)] == expected[:20]
@@ -67,14 +90,24 @@ def test_predict_answers_each_file_and_names_the_bad_ones(store, test_images, tm
 
 
 def test_predict_entry_point_keeps_its_answers_in_the_run(store, test_images, tmp_path):
+    failed_before = len(store.runs("predict", status="FAILED"))
     folder = write_digits(tmp_path / "digits", test_images)
-    process = succeeded(store.run("predict", images=folder, model_uri=SHORT_CHAMPION_URI))
-    assert f"{folder / 'digit00.png'}: " in process.stdout
-    (run,) = store.runs("predict")
-    answers = mlflow.artifacts.load_dict(f"{run.info.artifact_uri}/predictions.json")
     expected = champion_digits(test_images)
-    # A folder is read in name order: batch.npy (the last three images) before digit00.png.
+    process = succeeded(store.run("predict", images=folder, model_uri=SHORT_CHAMPION_URI))
+    answers = mlflow.artifacts.load_dict(f"{mlflow.get_run(run_id_of(process)).info.artifact_uri}/predictions.json")
     assert [answer["digit"] for answer in answers] == expected[20:] + expected[:20]
+
+    damaged_png(folder / "damaged.png", test_images[0])
+    process = store.run("predict", images=folder, model_uri=SHORT_CHAMPION_URI)
+    # A file that cannot be read fails the run, and every answer is still printed and kept in it.
+    assert process.returncode != 0 and "1 of 22 files could not be read" in process.stderr, process.stderr[-3000:]
+    assert f"{folder / 'digit00.png'}: " in process.stdout
+    (run_id,) = re.findall(r"Run \(ID '(\w+)'\) failed", process.stderr)
+    run = mlflow.get_run(run_id)
+    answers = mlflow.artifacts.load_dict(f"{run.info.artifact_uri}/predictions.json")
+    # A folder is read in name order: batch.npy (the last three images), damaged.png, digit00.png, ...
+    assert [answer.get("digit") for answer in answers] == expected[20:] + [None] + expected[:20]
+    assert answers[3]["file"] == str(folder / "damaged.png") and "broken PNG file" in answers[3]["error"]
 
     process = store.run("predict", images=folder, model_uri="models:/nope@champion")
     assert process.returncode != 0 and "kdflow predict: error: model_uri" in process.stderr
@@ -82,7 +115,7 @@ def test_predict_entry_point_keeps_its_answers_in_the_run(store, test_images, tm
     process = subprocess.run([PREDICT, str(folder)], env=store.env, capture_output=True, text=True)
     assert process.returncode == 2 and "'models:/kd-student@champion' does not resolve" in process.stderr
     assert f"kd-student has the aliases: {SHORT_CHAMPION_URI.rsplit('@', 1)[1]}" in process.stderr
-    assert len(store.runs("predict", status="FAILED")) == 1
+    assert len(store.runs("predict", status="FAILED")) == failed_before + 2
     assert store.runs("predict", status="RUNNING") == []
 
 
@@ -97,6 +130,14 @@ def test_predict_refuses_what_it_cannot_safely_read_and_answers_the_rest(store, 
     np.save(folder / "nan.npy", np.full((2, 28, 28), np.nan, dtype=np.float32))
     np.savez(folder / "archive.npz", images=test_images[:2])
     (folder / "archive.npz").rename(folder / "archive.npy")  # A zip archive under a .npy name.
+    damaged_png(folder / "damaged.png", test_images[3])
+    # .npy headers that promise other than what follows them: a trillion images in 912 bytes, 100
+    # images in the bytes of 50, no images, and a negative count.
+    write_npy(folder / "trillion.npy", (10**12, 784), bytes(784))
+    write_npy(folder / "half.npy", (100, 28, 28), np.resize(test_images, (50, 28, 28)).tobytes())
+    write_npy(folder / "none.npy", (0, 28, 28), b"")
+    write_npy(folder / "negative.npy", (-1, 784), bytes(784))
+    assert (folder / "trillion.npy").stat().st_size == 912
     command = [PREDICT, "--json", "--model_uri", SHORT_CHAMPION_URI, str(folder), str(tmp_path / "drawing.eps")]
     process = subprocess.run(command, env=store.env, capture_output=True, text=True)
     assert process.returncode == 1, process.stderr[-3000:]
@@ -106,6 +147,13 @@ def test_predict_refuses_what_it_cannot_safely_read_and_answers_the_rest(store, 
     assert "not an image (PNG or JPEG)" in answers["gif-inside.png"]["error"]
     assert "not an image (PNG or JPEG)" in answers["drawing.eps"]["error"]
     assert "NaN" in answers["nan.npy"]["error"] and "not a readable .npy array" in answers["archive.npy"]["error"]
+    assert "cannot read the image (broken PNG file" in answers["damaged.png"]["error"]
+    assert "promises shape (1000000000000, 784) of uint8" in answers["trillion.npy"]["error"]
+    assert "(100, 28, 28) of uint8 (78,400 bytes)" in answers["half.npy"]["error"]
+    assert "holds 39,200 bytes" in answers["half.npy"]["error"]
+    assert answers["none.npy"]["error"] == "the array holds no images (shape (0, 28, 28))"
+    assert "impossible shape (-1, 784)" in answers["negative.npy"]["error"]
+    assert len(answers) == 11  # One line for each file: no answers from the files refused.
 
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -163,29 +211,62 @@ def post(url: str, body: dict) -> tuple[int, dict]:
         with urllib.request.urlopen(request, timeout=60) as response:
             return response.status, json.load(response)
     except urllib.error.HTTPError as error:
-        return error.code, json.load(error)
+        text = error.read().decode()  # uvicorn's own refusals are plain text.
+        return error.code, json.loads(text) if error.headers.get_content_type() == "application/json" else {"message": text}
 
 
 def test_served_champion_answers_mlflow_json_formats(store, test_images):
     url = f"http://127.0.0.1:{free_port()}"
-    command = [MLFLOW, "models", "serve", "-m", SHORT_CHAMPION_URI, "--env-manager", "local",
-               "-h", "127.0.0.1", "-p", url.rsplit(":", 1)[1]]
+    host, port = url.removeprefix("http://").split(":")
+    command = [MLFLOW, "models", "serve", "-m", SHORT_CHAMPION_URI, "--env-manager", "local", "-h", host, "-p", port]
     images = test_images[:5]
     expected = champion_digits(images)
-    with serving(command, f"{url}/ping", env=store.env):
+    # As the README serves it: at most two requests at a time (uvicorn counts the one it refuses).
+    with serving(command, f"{url}/ping", env={**store.env, "UVICORN_LIMIT_CONCURRENCY": "3"}):
         pixel_columns = [f"pixel{index}" for index in range(784)]
+        pixels = images.reshape(-1, 784)
         for body in (
             {"inputs": images.tolist()},  # 0-255 integers, (N, 28, 28)
             {"instances": (images / 255.0).tolist()},  # floats in [0, 1]
-            {"dataframe_split": {"columns": pixel_columns, "data": images.reshape(-1, 784).tolist()}},
+            {"dataframe_split": {"columns": pixel_columns, "data": pixels.tolist()}},
+            # Columns are matched by name, in any order; pandas' own positions 0 to 783 are in order.
+            {"dataframe_split": {"columns": pixel_columns[::-1], "data": pixels[:, ::-1].tolist()}},
+            {"dataframe_split": {"data": pixels.tolist()}},
         ):
             status, answer = post(f"{url}/invocations", body)
             assert status == 200, answer
             assert [row["digit"] for row in answer["predictions"]] == expected
             assert all(abs(sum(row["probabilities"]) - 1.0) < 1e-6 for row in answer["predictions"])
+        wrong_names = {"dataframe_split": {"columns": [f"p{index}" for index in range(784)], "data": pixels.tolist()}}
+        status, answer = post(f"{url}/invocations", wrong_names)
+        assert status == 400 and "pixel0, pixel1, ..., pixel783" in answer["message"] and "'p0'" in answer["message"]
+        # Binarised digits are answered as floats 0 and 1; as integers 0 and 1 they would be read as
+        # almost black, and are refused saying how to send them. A blank image is answered.
+        binarised = images > 127
+        status, answer = post(f"{url}/invocations", {"inputs": binarised.astype(float).tolist()})
+        assert status == 200, answer
+        assert [row["digit"] for row in answer["predictions"]] == champion_digits(binarised.astype(np.float32))
+        status, answer = post(f"{url}/invocations", {"inputs": binarised.astype(int).tolist()})
+        assert status == 400 and "as integers 0 and 255, or as floats 0.0 and 1.0" in answer["message"]
+        status, answer = post(f"{url}/invocations", {"inputs": np.zeros((1, 784), dtype=int).tolist()})
+        assert status == 200, answer
         status, answer = post(f"{url}/invocations", {"inputs": np.zeros((2, 27, 27), dtype=int).tolist()})
         assert status == 400 and "got (2, 27, 27)" in answer["message"]
         status, answer = post(f"{url}/invocations", {"inputs": [["white"] * 784]})
         assert status == 400 and "integers 0-255 or floats 0-1" in answer["message"]
         status, answer = post(f"{url}/invocations", {"inputs": [[float("nan")] * 784]})  # Python's JSON says NaN.
         assert status == 400 and "NaN or infinite" in answer["message"]
+
+        # Two requests still sending their bodies: a third is refused before it is read.
+        waiting = [socket.create_connection((host, int(port))) for _ in range(2)]
+        for connection in waiting:
+            connection.sendall(f"POST /invocations HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+                               "Content-Length: 1000\r\n\r\n".encode())
+        time.sleep(0.5)
+        status, answer = post(f"{url}/invocations", {"inputs": images.tolist()})
+        assert status == 503, answer
+        for connection in waiting:
+            connection.close()
+        time.sleep(0.5)
+        status, answer = post(f"{url}/invocations", {"inputs": images.tolist()})
+        assert status == 200 and [row["digit"] for row in answer["predictions"]] == expected
