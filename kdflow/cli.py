@@ -130,14 +130,16 @@ def _predict_arguments(argv: list[str]) -> argparse.Namespace:
 def predict_main(argv: list[str] | None = None) -> int:
     """``kdflow-predict`` and the predict entry point: one answer per image file."""
     arguments = _predict_arguments(sys.argv[1:] if argv is None else argv)
+    started_by_mlflow_run = "MLFLOW_RUN_ID" in os.environ
+
     # Outside `mlflow run` it only reads models: no store is made in whatever folder it runs in,
-    # but one that a models:/ or runs:/ URI needs must answer.
+    # but one that a models:/ or runs:/ URI needs must answer (under `mlflow run`, exit_status checks).
     def body():
-        if urllib.parse.urlsplit(arguments.model_uri).scheme in ("models", "runs"):
+        if not started_by_mlflow_run and urllib.parse.urlsplit(arguments.model_uri).scheme in ("models", "runs"):
             store.check_stores()
         _predict(arguments)
 
-    return exit_status("predict", body, uses_store="MLFLOW_RUN_ID" in os.environ)
+    return exit_status("predict", body, uses_store=started_by_mlflow_run)
 
 
 def _answer_line(answer: dict, as_json: bool) -> str:

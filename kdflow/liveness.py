@@ -23,7 +23,7 @@ import psutil
 
 from kdflow import tracking
 
-PROCESS_TAG = "kdflow.process"  # JSON: machine, host, pid and the process's start time
+PROCESS_TAG = "kdflow.process"  # JSON: the machine (host name and boot), pid and the process's start time
 HEARTBEAT_TAG = "kdflow.heartbeat"  # when the run last said it was alive, in seconds since the epoch
 HEARTBEAT_SECONDS = 5
 DEAD_AFTER_SECONDS = 3 * HEARTBEAT_SECONDS  # Three beats missed: the run's process is gone.
