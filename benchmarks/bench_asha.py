@@ -21,8 +21,8 @@ from pathlib import Path
 import mlflow
 
 ROOT = Path(__file__).resolve().parents[1]
-GRID = ["--kinds", "teacher,distill", "--temperatures", "1,2,5,10,20", "--hard_label_weights", "0.1,0.5,0.9",
-        "--teacher_temperature", "5", "--seeds", "12", "--num_steps", "900", "--eval_every", "50"]
+GRID = ["--kinds", "teacher,distill", "--temperature", "1,2,5,10,20", "--loss", "weighted", "--hard_label_weight", "0.1,0.5,0.9",
+        "--teacher_temperature", "5", "--seed", "12", "--num_steps", "900", "--eval_every", "50"]
 
 
 def sweep(folder: Path, scheduler: str) -> tuple[float, int, int, str]:

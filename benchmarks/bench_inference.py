@@ -36,7 +36,7 @@ from kdflow.config import Config  # noqa: E402
 from scripts import servers  # noqa: E402
 
 # The champion of the throw-away 50-step student's setup; speed does not depend on the weights.
-MODEL_URI = f"models:/kd-student@{registry.champion_alias(Config(num_steps=50, eval_every=50).resolved())}"
+MODEL_URI = f"models:/kd-student@{registry.champion_alias('distill', Config(num_steps=50, eval_every=50).resolved())}"
 REPEATS = 15
 REQUESTS = 300
 PEAK_COUNTS = (1_000, 100_000)

@@ -47,7 +47,7 @@ import mlflow
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from kdflow import sweeps  # noqa: E402
+from kdflow import experiments, sweeps  # noqa: E402
 from scripts import postgres, servers  # noqa: E402
 
 MLFLOW = str(Path(sys.executable).parent / "mlflow")
@@ -68,13 +68,13 @@ def grid(trials: int, seeds: tuple[int, ...]) -> list[str]:
     if trials < per_temperature or trials % per_temperature:
         raise ValueError(f"trials: {trials} is not a multiple of {per_temperature} (loss weights x seeds)")
     temperatures = ",".join(str(t) for t in range(1, trials // per_temperature + 1))
-    return ["--kinds", "distill", "--temperatures", temperatures, "--hard_label_weights", ",".join(WEIGHTS),
-            "--seeds", ",".join(map(str, seeds)), *RECIPE]
+    return ["--kinds", "distill", "--temperature", temperatures, "--loss", "weighted", "--hard_label_weight", ",".join(WEIGHTS),
+            "--seed", ",".join(map(str, seeds)), *RECIPE]
 
 
 def planned_names(arguments: list[str]) -> set[str]:
     """The sweep's distillations (the teachers it plans too were trained, and are reused, beforehand)."""
-    return {trial.name for trial in sweeps.plan(*sweeps.parse_args(arguments)) if trial.kind == "distill"}
+    return {trial.name for trial in sweeps.plan(experiments.parse_args(arguments)) if trial.kind == "distill"}
 
 
 class TrackingServer:
@@ -205,7 +205,7 @@ def percentile(values: list[float], fraction: float) -> float:
 
 
 def train_teachers(seeds: list[int], address: str, logs: Path) -> None:
-    arguments = ["--kinds", "teacher", "--temperatures", "5", "--seeds", ",".join(map(str, seeds)), *RECIPE]
+    arguments = ["--kinds", "teacher", "--temperature", "5", "--seed", ",".join(map(str, seeds)), *RECIPE]
     Sweep("teachers", arguments, address, logs).run()
 
 

@@ -23,15 +23,15 @@ import mlflow
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-RECIPE = ["--num_steps", "1000", "--temperatures", "2,5", "--seeds", "12,13"]
+RECIPE = ["--num_steps", "1000", "--temperature", "2,5", "--seed", "12,13"]
 
 
 def sweep(*arguments: str) -> float:
     """Run the sweep job in this process, as the sweep entry point does; return its wall seconds."""
-    from kdflow import sweeps
+    from kdflow import experiments, sweeps
 
     started = time.perf_counter()
-    sweeps.run_sweep(*sweeps.parse_args([*RECIPE, *arguments]))
+    sweeps.run_sweep(experiments.parse_args([*RECIPE, *arguments]))
     return time.perf_counter() - started
 
 

@@ -9,26 +9,14 @@ Like ``runs``, this is text for people: it may change without touching ``trackin
 
 import mlflow
 
-from kdflow import results, tracking
+from kdflow import results, tracking, variants
 from kdflow.config import DEFAULTS, Config
 
 ARTIFACT = "model_card.md"
-NETWORKS = {
-    "softmax": "softmax regression: one dense layer from the 784 pixels to 10 logits (7,850 weights)",
-    "mlp": "an MLP of two hidden layers of 800 ReLU units, 784-800-800-10, no regularisation (1,276,810 weights)",
-}
-DATA_USE = {
-    "mnist": "handwritten digits 0-9",
-    "fashion_mnist": "Fashion-MNIST clothing classes 0-9 (T-shirt/top to ankle boot)",
-}
 
 
 def loss_form(config: Config) -> str:
-    if config.hard_label_weight is None:
-        return f"kdtf's: CE(hard labels) + T² · CE(soft targets at T={config.temperature:g}), both weighted 1"
-    weight = config.hard_label_weight
-    return (f"weighted: {weight:g} · CE(hard labels) + {1 - weight:g} · T² · KL(soft targets at "
-            f"T={config.temperature:g} || student at T={config.temperature:g})")
+    return variants.LOSSES[config.loss].description.format(**vars(config))
 
 
 def reproduce_command(kind: str, config: Config, commit: str | None) -> str:
@@ -41,7 +29,7 @@ def reproduce_command(kind: str, config: Config, commit: str | None) -> str:
 
 
 def _cell_of(tables: list[results.Table], run_id: str) -> tuple[str, results.Cell] | None:
-    return next(((table.recipe, cell) for table in tables for cell in table.cells if run_id in cell.run_ids), None)
+    return next(((table.label, cell) for table in tables for cell in table.cells if run_id in cell.run_ids), None)
 
 
 def render(kind: str, config: Config, run, tables: list[results.Table], teacher_run=None) -> str:
@@ -65,7 +53,7 @@ def render(kind: str, config: Config, run, tables: list[results.Table], teacher_
     lines = [
         f"# Model card: {run.info.run_name}",
         "",
-        f"- **Network**: {NETWORKS[config.student_model]} (`student_model={config.student_model}`).",
+        f"- **Network**: {variants.NETWORKS[config.student_model].description} (`student_model={config.student_model}`).",
         f"- **Data**: {config.dataset}, sha256 `{tags.get(tracking.DATA_DIGEST_TAG, '?')}`; 55,000 training "
         "images, the first 5,000 of the original training split for validation, the 10,000 test images for the score.",
         f"- **Teacher**: {teacher}.",
@@ -81,7 +69,7 @@ def render(kind: str, config: Config, run, tables: list[results.Table], teacher_
         "",
         "## Intended use",
         "",
-        f"Classifying {DATA_USE[config.dataset]} in 28 × 28 grey images, light on dark, as the dataset's own: "
+        f"Classifying {variants.DATASETS[config.dataset].description} in 28 × 28 grey images, light on dark, as the dataset's own: "
         "uint8 0-255 or float 0-1 arrays shaped (N, 28, 28) or (N, 784). `kdflow-predict` turns picture files into "
         "such images as MNIST made its digits (ink box scaled into 20 × 20, centred by mass in 28 × 28). "
         "The model answers each image's class and the probabilities of all ten.",

@@ -84,9 +84,10 @@ def main(kind: str, argv: list[str]) -> int:
 
 def sweep_main(argv: list[str]) -> int:
     """The sweep entry point: trials over a Ray cluster under one parent run; non-zero if any failed."""
-    from kdflow import sweeps  # Here, not above: importing Ray Tune would slow every other entry point.
+    # Here, not above: importing Ray Tune would slow every other entry point.
+    from kdflow import experiments, sweeps
 
-    return exit_status("sweep", lambda: sweeps.run_sweep(*sweeps.parse_args(argv)))
+    return exit_status("sweep", lambda: sweeps.run_sweep(experiments.parse_args(argv)))
 
 
 def report_main(argv: list[str]) -> int:

@@ -11,51 +11,29 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-from kdflow.data import DATASETS, TRAIN_SIZE
-from kdflow import precision
+from kdflow import precision, variants
+from kdflow.data import TRAIN_SIZE
 
 KINDS = ("teacher", "student", "distill")
 TEACHER_SIGNALS = ("cached", "online")
-STUDENT_MODELS = ("softmax", "mlp")  # the student networks of models.build_student
-# Names in models.INITIALIZERS. Not "zeros": the units of a ReLU network started at zero all get the
-# same gradient and never tell apart.
-TEACHER_INITIALIZERS = ("normal", "he")
 # A batch is drawn from the training split, so it can hold at most every training image once.
 MAX_BATCH_SIZE = TRAIN_SIZE
 # NumPy and TensorFlow take seeds as unsigned 32-bit integers.
 SEED_RANGE = range(0, 2**32)
 
-
-@dataclass(frozen=True)
-class Recipe:
-    """A training preset. Recipes differ in the student only, so teachers are shared by all.
-
-    Each names, in models.INITIALIZERS, how each student network's weights start.
-    """
-    softmax_initializer: str
-    mlp_initializer: str
-
-    def student_initializer(self, student_model: str) -> str:
-        return getattr(self, f"{student_model}_initializer")
-
-
-RECIPES = {
-    # The original: N(0, 1) for every weight. It saturates the softmax, and on the MLP's 800 ReLU
-    # units it makes logits in the thousands; kdtf never had an MLP, so this is its rule carried over.
-    "kdtf": Recipe(softmax_initializer="normal", mlp_initializer="normal"),
-    # Softmax regression is convex, so zero is a fine start; ReLU layers start from He's normal.
-    "tuned": Recipe(softmax_initializer="zeros", mlp_initializer="he"),
-}
-
 # Which parameters each kind of run takes. The standalone student trains at T = 1, as kdtf did,
 # so it has no temperature; only distillation needs a teacher and a loss weighting.
 _COMMON = ("num_steps", "batch_size", "learning_rate", "eval_every", "seed", "dataset", "data_dir", "precision")
 KIND_PARAMETERS = {
-    "teacher": ("temperature", "teacher_initializer") + _COMMON,
+    "teacher": ("temperature", "teacher_model", "teacher_initializer") + _COMMON,
     "student": ("recipe", "student_model") + _COMMON,
-    "distill": ("recipe", "student_model", "temperature", "teacher_temperature", "teacher_initializer") + _COMMON
-    + ("teacher", "teacher_signal", "hard_label_weight"),
+    "distill": ("recipe", "student_model", "temperature", "teacher_temperature", "teacher_model", "teacher_initializer")
+    + _COMMON + ("teacher", "teacher_signal", "loss", "hard_label_weight"),
 }
+# What never tells two runs apart: where the data came from (its digest pins what), the seed (a
+# table spreads over it) and the temperature (a table's columns). The rest of a run's parameters
+# that differ from the defaults are what it is: its name, its results-table row and its alias.
+NOT_NAMED = ("data_dir", "seed", "temperature")
 # Parameters that were renamed, and what to say to someone who still uses the old name.
 RENAMED = {
     "alpha": "alpha was renamed hard_label_weight, the weight of the hard-label loss (Keras' "
@@ -66,11 +44,12 @@ RENAMED = {
 
 @dataclass(frozen=True)
 class Config:
-    recipe: str = "kdtf"  # training preset, a name in RECIPES: "kdtf" (the original) or "tuned"
-    student_model: str = "softmax"  # the student: "softmax" (kdtf's softmax regression) or "mlp" (784-800-800-10 ReLU)
+    recipe: str = "kdtf"  # how the student's weights start, a name in variants.RECIPES: "kdtf" (N(0, 1)) or "tuned"
+    student_model: str = "softmax"  # the student network in variants.NETWORKS: "softmax" (kdtf's) or "mlp" (784-800-800-10)
+    teacher_model: str = "cnn"  # the teacher network in variants.NETWORKS: "cnn" (kdtf's)
     temperature: float = 5.0  # softmax temperature T: the teacher trains at T, soft targets use T (kdtf: 2 or 5)
     teacher_temperature: float | None = None  # T the teacher trained at; empty: the distillation's T (kdtf)
-    teacher_initializer: str = "normal"  # how the teacher's weights start: "normal" (kdtf's N(0, 1)) or "he"
+    teacher_initializer: str = "normal"  # how the teacher's weights start, in variants.INITIALIZERS: "normal" (kdtf's N(0, 1)) or "he"
     num_steps: int = 5000  # optimiser steps of batch_size examples (kdtf: 5000)
     batch_size: int = 128  # examples per step (kdtf: 128)
     learning_rate: float = 0.001  # Adam learning rate (kdtf: 0.001)
@@ -80,21 +59,15 @@ class Config:
     data_dir: str = ""  # a directory or file holding the dataset; empty: cache, then download
     teacher: str = ""  # teacher model URI (models:/...); empty: reuse or train a matching teacher
     teacher_signal: str = "cached"  # "cached": stored teacher logits; "online": run the teacher per batch (kdtf)
-    hard_label_weight: float | None = None  # empty: kdtf's CE + T^2*CE_soft; w: w*CE + (1-w)*T^2*KL
+    loss: str = "kdtf"  # the distillation loss in variants.LOSSES: "kdtf" (CE + T^2*CE_soft) or "weighted"
+    hard_label_weight: float | None = None  # loss=weighted's w in w*CE + (1-w)*T^2*KL; empty for other losses
     precision: str = "auto"  # number format: "auto" (bfloat16 where the hardware has it), float32, bfloat16, float16
 
     def __post_init__(self):
         if self.teacher_temperature == self.temperature:
             # The same run as kdtf's default, so it must have the same parameters and be reused.
             object.__setattr__(self, "teacher_temperature", None)
-        if self.recipe not in RECIPES:
-            raise ValueError(f"recipe must be one of {', '.join(RECIPES)}, got {self.recipe!r}")
-        if self.student_model not in STUDENT_MODELS:
-            raise ValueError(f"student_model must be one of {', '.join(STUDENT_MODELS)}, got {self.student_model!r}")
-        if self.teacher_initializer not in TEACHER_INITIALIZERS:
-            raise ValueError(
-                f"teacher_initializer must be one of {', '.join(TEACHER_INITIALIZERS)}, got {self.teacher_initializer!r}"
-            )
+        self._check_variants()
         for name in ("temperature", "teacher_temperature"):
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value > 0):
@@ -108,8 +81,6 @@ class Config:
             raise ValueError(f"seed must be an integer from 0 to 2**32 - 1, got {self.seed}")
         if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
             raise ValueError(f"learning_rate must be a finite number > 0, got {self.learning_rate}")
-        if self.dataset not in DATASETS:
-            raise ValueError(f"dataset must be one of {', '.join(DATASETS)}, got {self.dataset!r}")
         if self.precision not in precision.PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(precision.PRECISIONS)}, got {self.precision!r}")
         if self.teacher_signal not in TEACHER_SIGNALS:
@@ -117,21 +88,29 @@ class Config:
                 f"teacher_signal must be one of {', '.join(TEACHER_SIGNALS)}, got {self.teacher_signal!r}"
             )
         if self.hard_label_weight is not None and not 0.0 <= self.hard_label_weight <= 1.0:
-            raise ValueError(
-                f"hard_label_weight must be empty (kdtf loss) or between 0 and 1, got {self.hard_label_weight}"
-            )
+            raise ValueError(f"hard_label_weight must be between 0 and 1, got {self.hard_label_weight}")
 
-    @property
-    def loss(self) -> str:
-        """The distillation loss by name, a key of losses.DISTILLATION_LOSSES."""
-        return "kdtf" if self.hard_label_weight is None else "weighted"
+    def _check_variants(self) -> None:
+        """Each variant parameter names a registered entry; a loss's parameters are set for it alone."""
+        roles = {"teacher_model": variants.TEACHER, "student_model": variants.STUDENT}
+        for name, registry in variants.CHOSEN_BY.items():
+            choices = variants.networks(roles[name]) if name in roles else list(registry)
+            if name == "teacher_initializer":
+                choices = [choice for choice in choices if not variants.INITIALIZERS[choice].symmetric]
+            if getattr(self, name) not in choices:
+                raise ValueError(f"{name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
+        taken = variants.LOSSES[self.loss].parameters
+        for name in sorted(variants.loss_parameters()):
+            if name in taken and getattr(self, name) is None:
+                raise ValueError(f"loss={self.loss} needs {name}")
+            if name not in taken and getattr(self, name) is not None:
+                takers = [loss for loss, entry in variants.LOSSES.items() if name in entry.parameters]
+                raise ValueError(f"{name} is a parameter of loss={' or '.join(takers)}, not of loss={self.loss}; "
+                                 f"set loss={takers[0]}, or leave {name} empty")
 
-    def setup(self) -> str:
-        """What every kind of run shares; results are compared in one table only within a setup."""
-        return (
-            f"{self.dataset} steps={self.num_steps} batch={self.batch_size} "
-            f"lr={self.learning_rate:g} eval_every={self.eval_every} precision={self.precision}"
-        )
+    def student_initializer(self) -> str:
+        """How this recipe starts this student network, a name in variants.INITIALIZERS."""
+        return variants.NETWORKS[self.student_model].recipe_initializers[self.recipe]
 
     def resolved(self) -> "Config":
         """This configuration as this machine trains it: ``auto`` replaced by the format chosen here."""
@@ -146,8 +125,22 @@ class Config:
         """The parameters a run of this kind logs, as canonical strings (lookups compare them)."""
         return {name: to_text(getattr(self, name)) for name in KIND_PARAMETERS[kind]}
 
+    def differences(self, names) -> dict[str, str]:
+        """Those of ``names`` whose value is not the default, for names and labels: ``name=value``.
+
+        The default ``precision`` is what ``auto`` picks on this machine, so a run in that format
+        is named as kdtf's, and one in another format says which.
+        """
+        defaults = DEFAULTS.resolved() if self.precision != DEFAULTS.precision else DEFAULTS
+        return {name: display(getattr(self, name)) for name in names if getattr(self, name) != getattr(defaults, name)}
+
 
 DEFAULTS = Config()
+
+
+def display(value) -> str:
+    """A value as people read it in names and labels: 5 rather than 5.0."""
+    return f"{value:g}" if isinstance(value, float) else to_text(value)
 
 
 def to_text(value) -> str:

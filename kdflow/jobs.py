@@ -14,8 +14,8 @@ import time
 import mlflow
 from mlflow.exceptions import ExecutionException
 
-from kdflow import data, registry, tracking
-from kdflow.config import KIND_PARAMETERS, RECIPES, Config
+from kdflow import data, registry, tracking, variants
+from kdflow.config import KIND_PARAMETERS, Config
 
 
 def _prepare(kind: str, config: Config):
@@ -58,11 +58,11 @@ def _train_on_hard_labels(kind: str, config: Config, build_model, temperature: f
 
 
 def train_teacher(config: Config, on_evaluation) -> None:
-    """The CNN trained at temperature T on hard labels, as kdtf did; stores its training logits."""
-    from kdflow import models, training
+    """The teacher network trained at temperature T on hard labels, as kdtf did; stores its training logits."""
+    from kdflow import training
 
     def build_teacher(precision: str):
-        return models.build_teacher(config.teacher_initializer, precision)
+        return variants.build_network(config.teacher_model, config.teacher_initializer, precision)
 
     teacher, splits = _train_on_hard_labels("teacher", config, build_teacher, config.temperature, on_evaluation)
     # Every distillation run at any temperature reads these instead of running the teacher again.
@@ -74,10 +74,7 @@ def train_teacher(config: Config, on_evaluation) -> None:
 
 def _student_builder(config: Config):
     """The run's student network, built in a given number format."""
-    from kdflow import models
-
-    initializer = RECIPES[config.recipe].student_initializer(config.student_model)
-    return lambda precision: models.build_student(config.student_model, initializer, precision)
+    return lambda precision: variants.build_network(config.student_model, config.student_initializer(), precision)
 
 
 def train_student(config: Config, on_evaluation) -> None:
@@ -138,19 +135,21 @@ def choose_teacher(config: Config):
     experiment_id = mlflow.active_run().info.experiment_id
     teacher_config = config.teacher_config()
     # Any source of the dataset must match its pinned digest, so the digest is known before loading.
-    teacher_run = tracking.find_finished_run("teacher", teacher_config, data.DATASET_DIGESTS[config.dataset], experiment_id)
+    data_digest = variants.DATASETS[config.dataset].digest
+    teacher_run = tracking.find_finished_run("teacher", teacher_config, data_digest, experiment_id)
+    key = tracking.run_key("teacher", teacher_config, data_digest)
     if teacher_run is None:
-        print("no matching teacher run in this experiment; training one", flush=True)
+        print(f"no finished teacher run in this experiment has the run key {key}; training one", flush=True)
         teacher_run = _train_teacher_run(teacher_config)  # Raises if that run fails.
     else:
-        print(f"reusing teacher run {teacher_run.info.run_id}", flush=True)
+        print(f"reusing teacher run {teacher_run.info.run_id} ({teacher_run.info.run_name}): it has the run key {key}", flush=True)
     return teacher_run, teacher_run.data.tags[tracking.MODEL_URI_TAG]
 
 
 def distill(config: Config, on_evaluation) -> None:
     """The student trained on hard labels and the teacher's soft targets at temperature T."""
     teacher_run, teacher_model_uri = choose_teacher(config)
-    if teacher_run.data.tags.get(tracking.DATA_DIGEST_TAG) != data.DATASET_DIGESTS[config.dataset]:
+    if teacher_run.data.tags.get(tracking.DATA_DIGEST_TAG) != variants.DATASETS[config.dataset].digest:
         raise ValueError(
             f"teacher: run {teacher_run.info.run_id} was trained on other data than {config.dataset}; "
             "name a teacher trained on this dataset"
@@ -160,13 +159,14 @@ def distill(config: Config, on_evaluation) -> None:
     if tracking.TEACHER_LOGITS_DIGEST_TAG in teacher_run.data.tags:
         teacher_tags[tracking.TEACHER_LOGITS_DIGEST_TAG] = teacher_run.data.tags[tracking.TEACHER_LOGITS_DIGEST_TAG]
     mlflow.set_tags(teacher_tags)
-    from kdflow import losses, training
+    from kdflow import training
 
-    distillation_loss = losses.DISTILLATION_LOSSES[config.loss]
+    loss = variants.LOSSES[config.loss]
+    loss_parameters = {name: getattr(config, name) for name in loss.parameters}
 
     def objective(student, images, labels, teacher_logits):
         student_logits = student(images, training=True)
-        return distillation_loss(labels, student_logits, teacher_logits, config.temperature, config.hard_label_weight)
+        return loss.function(labels, student_logits, teacher_logits, config.temperature, **loss_parameters)
 
     splits = _prepare("distill", config)
     if config.teacher_signal == "cached":

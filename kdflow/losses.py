@@ -1,4 +1,5 @@
-"""The losses of kdtf, and the weighted form of Keras' Distiller and torchdistill's KDLoss.
+"""The losses of kdtf, and the weighted form of Keras' Distiller and torchdistill's KDLoss; each
+distillation loss is chosen by name from ``variants.LOSSES``.
 
 ``labels`` are integer class ids; every ``*_logits`` tensor is (batch, 10) and unscaled. Soft
 targets are ``softmax(teacher_logits / T)``. Hinton et al. note that soft-target gradients scale
@@ -19,12 +20,11 @@ def soft_targets(teacher_logits, temperature):
     return tf.nn.softmax(teacher_logits / temperature)
 
 
-def kdtf_loss(labels, student_logits, teacher_logits, temperature, hard_label_weight=None):
+def kdtf_loss(labels, student_logits, teacher_logits, temperature):
     """kdtf's loss: CE(hard labels, student_logits) + T^2 * CE(soft targets, student_logits / T).
 
-    It has no weight: both terms count fully, so ``hard_label_weight`` must be None.
+    It has no weight: both terms count fully.
     """
-    assert hard_label_weight is None, "the kdtf loss takes no hard_label_weight"
     soft = tf.reduce_mean(
         tf.nn.softmax_cross_entropy_with_logits(
             labels=soft_targets(teacher_logits, temperature), logits=student_logits / temperature
@@ -46,6 +46,3 @@ def weighted_loss(labels, student_logits, teacher_logits, temperature, hard_labe
     kl = tf.reduce_mean(tf.reduce_sum(targets * (log_targets - log_student), axis=-1))
     return hard_label_weight * hard_loss(labels, student_logits) + (1.0 - hard_label_weight) * temperature**2 * kl
 
-
-# The distillation losses by name (config.Config.loss), each called as above.
-DISTILLATION_LOSSES = {"kdtf": kdtf_loss, "weighted": weighted_loss}

@@ -23,31 +23,24 @@ from kdflow.precision import POLICIES
 IMAGE_SHAPE = (28, 28)
 
 
-def _normal():
-    # Keras draws from the global seed set by keras.utils.set_random_seed, so runs repeat exactly.
-    # Each weight gets an initialiser of its own: one drawn seed shared by two would correlate them.
-    return keras.initializers.RandomNormal(stddev=1.0)
+def _initializer(initializer, part: str):
+    # A fresh Keras initialiser per weight: Keras draws each from the global seed set by
+    # keras.utils.set_random_seed, so runs repeat exactly, and one drawn seed shared by two weights
+    # would correlate them.
+    return keras.initializers.get(getattr(initializer, part))
 
 
-# How a network's (kernels, biases) start, by name; a recipe (config.RECIPES) names its student's.
-INITIALIZERS = {
-    "normal": (_normal, _normal),  # kdtf's N(0, 1) for every weight
-    "zeros": (keras.initializers.Zeros, keras.initializers.Zeros),
-    "he": (keras.initializers.HeNormal, keras.initializers.Zeros),  # He et al. (2015), for ReLU layers
-}
 MLP_HIDDEN_UNITS = (800, 800)  # Hinton et al.'s small MNIST net: 146 test errors alone, 74 distilled
 
 
 def _dense(units, policy, initializer, activation=None):
-    kernel, bias = INITIALIZERS[initializer]
-    return layers.Dense(units, activation=activation, kernel_initializer=kernel(), bias_initializer=bias(), dtype=policy)
+    return layers.Dense(units, activation=activation, kernel_initializer=_initializer(initializer, "kernel"),
+                        bias_initializer=_initializer(initializer, "bias"), dtype=policy)
 
 
 def _conv(filters, policy, initializer):
-    kernel, bias = INITIALIZERS[initializer]
-    return layers.Conv2D(
-        filters, 5, padding="same", activation="relu", kernel_initializer=kernel(), bias_initializer=bias(), dtype=policy
-    )
+    return layers.Conv2D(filters, 5, padding="same", activation="relu", kernel_initializer=_initializer(initializer, "kernel"),
+                         bias_initializer=_initializer(initializer, "bias"), dtype=policy)
 
 
 def _network(name: str, policy: str, hidden: list) -> keras.Model:
@@ -56,8 +49,8 @@ def _network(name: str, policy: str, hidden: list) -> keras.Model:
     return keras.Sequential([keras.Input(IMAGE_SHAPE, name="images")] + hidden + float32_logits, name=name)
 
 
-def build_teacher(initializer: str = "normal", precision: str = "float32") -> keras.Model:
-    """conv5x5x32 - pool2 - conv5x5x64 - pool2 - dense1024 - dropout(keep 0.75) - dense10."""
+def build_cnn(initializer, precision: str = "float32") -> keras.Model:
+    """kdtf's teacher: conv5x5x32 - pool2 - conv5x5x64 - pool2 - dense1024 - dropout(keep 0.75) - dense10."""
     policy = POLICIES[precision]
     return _network("teacher", policy, [
         layers.Reshape(IMAGE_SHAPE + (1,), dtype=policy),
@@ -72,9 +65,15 @@ def build_teacher(initializer: str = "normal", precision: str = "float32") -> ke
     ])
 
 
-def build_student(model: str = "softmax", initializer: str = "normal", precision: str = "float32") -> keras.Model:
-    """``softmax``: one dense layer from 784 pixels to 10 logits. ``mlp``: 784-800-800-10 with
-    ReLU and no regularisation, as Hinton et al.'s small net. Weights start by ``initializer``."""
+def build_softmax(initializer, precision: str = "float32") -> keras.Model:
+    """kdtf's student: one dense layer from 784 pixels to 10 logits."""
     policy = POLICIES[precision]
-    hidden = [_dense(units, policy, initializer, activation="relu") for units in MLP_HIDDEN_UNITS] if model == "mlp" else []
+    return _network("student", policy, [layers.Flatten(dtype=policy), _dense(NUM_CLASSES, policy, initializer)])
+
+
+def build_mlp(initializer, precision: str = "float32") -> keras.Model:
+    """Hinton et al.'s small net: 784-800-800-10 with ReLU and no regularisation."""
+    policy = POLICIES[precision]
+    hidden = [_dense(units, policy, initializer, activation="relu") for units in MLP_HIDDEN_UNITS]
     return _network("student", policy, [layers.Flatten(dtype=policy)] + hidden + [_dense(NUM_CLASSES, policy, initializer)])
+

@@ -24,9 +24,10 @@ from mlflow.exceptions import MlflowException
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from kdflow import data, registry
+from kdflow.config import DEFAULTS
 
 # The best MNIST student of kdtf's setup (registry.champion_alias).
-DEFAULT_MODEL_URI = f"models:/{registry.registered_name('student', 'mnist')}@{registry.CHAMPION}"
+DEFAULT_MODEL_URI = f"models:/{registry.registered_name('student', DEFAULTS)}@{registry.CHAMPION}"
 # What a directory given as input is searched for, and the only picture formats decoded: others
 # (EPS, for one, would start Ghostscript) are refused unread.
 SUFFIXES = (".png", ".jpg", ".jpeg", ".npy")

@@ -9,7 +9,7 @@ inputs, so the signature declares the output schema and the wrapper checks the i
 raising the same INVALID_PARAMETER_VALUE error (HTTP 400 behind ``mlflow models serve``).
 """
 
-import dataclasses
+import re
 import tempfile
 from importlib import metadata
 from pathlib import Path
@@ -24,14 +24,16 @@ from mlflow.types import ColSpec, DataType, Schema
 from mlflow.types.schema import Array
 
 from kdflow import tracking
-from kdflow.config import DEFAULTS, Config
+from kdflow.config import KIND_PARAMETERS, Config
 
 CHAMPION = "champion"
-# Tags on every registered version: what its champion alias compares, among which versions, and
-# (on students) which alias that is.
+# Tags on every registered version: what its champion alias compares, and (on students) which alias
+# it competes for; the versions of one alias are those with the same tag.
 VALIDATION_ACCURACY_TAG = "validation_accuracy"
-SETUP_TAG = "setup"
 ALIAS_TAG = "champion_alias"
+# What a champion is chosen over: the best student of a network, recipe, loss and setup, however
+# it was distilled (at which temperature, from which teacher) and whatever its seed.
+CHOSEN_OVER = ("temperature", "teacher_temperature", "seed", "teacher", "teacher_signal", "data_dir")
 SIGNATURE = ModelSignature(
     inputs=None,  # Checked by images_to_pixels; see the module docstring.
     outputs=Schema([ColSpec(DataType.long, "digit"), ColSpec(Array(DataType.double), "probabilities")]),
@@ -134,31 +136,29 @@ class DigitClassifier(mlflow.pyfunc.PythonModel):
         return pd.DataFrame({"digit": probabilities.argmax(axis=1), "probabilities": list(probabilities)})
 
 
-def registered_name(kind: str, dataset: str, student_model: str = "softmax") -> str:
-    """kd-teacher or kd-student for MNIST softmax regression, kd-student-mlp for the MLP student;
-    other datasets have their own, so that a network of another dataset can never answer for
-    digits. Each network has its own registered model, so each has its own champion."""
-    name = "kd-teacher" if kind == "teacher" else "kd-student" if student_model == "softmax" else f"kd-student-{student_model}"
-    return name if dataset == "mnist" else f"{name}-{dataset.replace('_', '-')}"
+def registered_name(kind: str, config: Config) -> str:
+    """kd-teacher and kd-student for kdtf's networks on MNIST, else named by the network and the
+    dataset (kd-student-mlp, kd-teacher-fashion-mnist): a network of another dataset can never
+    answer for digits, and each network has its own registered model, so its own champion."""
+    role = "teacher" if kind == "teacher" else "student"
+    differences = config.differences([f"{role}_model", "dataset"])
+    return "-".join(["kd", role] + [value.replace("_", "-") for value in differences.values()])
 
 
-def champion_alias(config: Config) -> str:
-    """The alias of a setup's best student: ``champion`` for kdtf's setup (5000 steps of 128 at
-    0.001, evaluated every 100, in the format ``auto`` picks here), else e.g.
-    ``champion-steps40-batch128-lr0_001-every20-float32``. ``auto`` is named by what it picks here."""
-    config = config.resolved()
-    if config.setup() == dataclasses.replace(DEFAULTS, dataset=config.dataset).resolved().setup():
-        return CHAMPION
-    learning_rate = f"{config.learning_rate:g}".replace(".", "_")  # Aliases take letters, digits, _ and -.
-    return (
-        f"{CHAMPION}-steps{config.num_steps}-batch{config.batch_size}-lr{learning_rate}"
-        f"-every{config.eval_every}-{config.precision}"
-    )
+def champion_alias(kind: str, config: Config) -> str:
+    """The alias of the best student of this kind trained as ``config`` says, whatever its
+    temperatures, seed and teacher run: ``champion`` with kdtf's recipe, loss, teacher network and setup (in the format
+    ``auto`` picks here), else named by every parameter that differs, e.g.
+    ``champion-num_steps-40-eval_every-20`` or ``champion-loss-weighted-hard_label_weight-0_5``.
+    A new parameter or variant therefore never shares kdtf's alias."""
+    names = [name for name in KIND_PARAMETERS[kind] if name not in CHOSEN_OVER + ("student_model", "dataset")]
+    parts = [CHAMPION] + [part for name, value in config.differences(names).items() for part in (name, value)]
+    return re.sub(r"[^A-Za-z0-9_-]", "_", "-".join(parts))  # Aliases take letters, digits, _ and -.
 
 
 def log_model(keras_model, kind: str, config: Config, example_images: np.ndarray, validation_accuracy: float):
     """Log the network as this run's model, register it, and return MLflow's ModelInfo."""
-    name = registered_name(kind, config.dataset, config.student_model)
+    name = registered_name(kind, config)
     example = (example_images[:3] * 255).round().astype(np.uint8)
     with tempfile.TemporaryDirectory() as folder:
         keras_path = Path(folder) / "model.keras"
@@ -177,9 +177,8 @@ def log_model(keras_model, kind: str, config: Config, example_images: np.ndarray
         )
     client = mlflow.MlflowClient()
     version = model_info.registered_model_version
-    client.set_model_version_tag(name, version, SETUP_TAG, config.setup())
     if kind != "teacher":
-        client.set_model_version_tag(name, version, ALIAS_TAG, champion_alias(config))
+        client.set_model_version_tag(name, version, ALIAS_TAG, champion_alias(kind, config))
     # Written last: a version is compared for its alias only once it has these tags.
     client.set_model_version_tag(name, version, VALIDATION_ACCURACY_TAG, str(validation_accuracy))
     print(f"registered {name} version {version}", flush=True)
@@ -195,24 +194,24 @@ def _is_complete(client, run_id: str) -> bool:
     return run.info.status == "FINISHED" and tracking.RUN_KEY_TAG in run.data.tags
 
 
-def _best_version(client, name: str, setup: str) -> str | None:
-    """The version of ``name`` trained in ``setup`` by a complete run with the best validation
-    accuracy (ties: the older), or None when no run of that setup completed.
+def _best_version(client, name: str, alias: str) -> str | None:
+    """The version of ``name`` competing for ``alias`` whose run completed with the best
+    validation accuracy (ties: the older), or None when no such run completed.
 
     Candidates are checked best first, so this usually asks about one run.
     """
     versions = sorted(
         (
             version for version in client.search_model_versions(f"name = '{name}'")
-            if version.tags.get(SETUP_TAG) == setup and VALIDATION_ACCURACY_TAG in version.tags
+            if version.tags.get(ALIAS_TAG) == alias and VALIDATION_ACCURACY_TAG in version.tags
         ),
         key=lambda version: (-float(version.tags[VALIDATION_ACCURACY_TAG]), int(version.version)),
     )
     return next((version.version for version in versions if _is_complete(client, version.run_id)), None)
 
 
-def crown_champion(name: str, setup: str, alias: str, attempts: int = 20) -> str | None:
-    """Point ``alias`` at the best complete version of ``name`` trained in ``setup``; return that
+def crown_champion(name: str, alias: str, attempts: int = 20) -> str | None:
+    """Point ``alias`` at the best complete version of ``name`` competing for it; return that
     version. A version whose run did not complete never holds the alias: with none that did, the
     alias is removed, and None returned.
 
@@ -222,7 +221,7 @@ def crown_champion(name: str, setup: str, alias: str, attempts: int = 20) -> str
     """
     client = mlflow.MlflowClient()
     for _ in range(attempts):
-        best = _best_version(client, name, setup)
+        best = _best_version(client, name, alias)
         try:
             if best is None:
                 if alias in client.get_registered_model(name).aliases:
@@ -233,20 +232,20 @@ def crown_champion(name: str, setup: str, alias: str, attempts: int = 20) -> str
             # MLflow creates a new alias by select-then-insert: two runs creating it at once
             # collide (a unique-constraint error), and the next attempt finds it and updates it.
             continue
-        if _best_version(client, name, setup) == best:
+        if _best_version(client, name, alias) == best:
             return best
     raise RuntimeError(f"{name}@{alias}: the alias kept changing under {attempts} attempts to set it")
 
 
 def promote(run_id: str) -> None:
     """Once a run has ended FINISHED: give each champion alias its student versions name the best
-    complete version of their setup, which may be this run's. Called only after the run's end, so
+    complete version competing for it, which may be this run's. Called only after the run's end, so
     a run stopped anywhere before it never moves an alias onto its version."""
     client = mlflow.MlflowClient()
     for version in client.search_model_versions(f"run_id = '{run_id}'"):
         if ALIAS_TAG in version.tags:  # Teachers have no champion.
             alias = version.tags[ALIAS_TAG]
-            if crown_champion(version.name, version.tags[SETUP_TAG], alias) == version.version:
+            if crown_champion(version.name, alias) == version.version:
                 print(f"{version.name} version {version.version} is now @{alias}", flush=True)
 
 

@@ -18,8 +18,8 @@ from pathlib import Path
 import mlflow
 from mlflow.exceptions import MlflowException
 
-from kdflow import cards, liveness, results, tracking
-from kdflow.config import Config
+from kdflow import cards, liveness, results, tracking, variants
+from kdflow.config import KIND_PARAMETERS, NOT_NAMED, Config
 from kdflow.jobs import JOBS
 
 # The run's description in the MLflow UI (Markdown), and the experiment kind that opens the UI on
@@ -27,13 +27,13 @@ from kdflow.jobs import JOBS
 DESCRIPTION_TAG = "mlflow.note.content"
 EXPERIMENT_KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 DESCRIPTIONS = {
-    "teacher": "Teacher: the CNN trained on the hard labels at T={temperature:g} for {num_steps} steps (seed {seed}, "
-    "initialiser {teacher_initializer}). Its logits on the training images (teacher_logits.npy) are the soft "
+    "teacher": "Teacher: the {teacher_model} network trained on the hard labels at T={temperature:g} for {num_steps} "
+    "steps (seed {seed}, initialiser {teacher_initializer}). Its logits on the training images (teacher_logits.npy) are the soft "
     "targets of the distillations naming it.",
     "student": "Student only: the {student_model} student trained on the hard labels alone, at T=1, for {num_steps} "
     "steps (seed {seed}, recipe {recipe}); the baseline that distillation has to beat.",
     "distill": "Distillation: the {student_model} student trained on the hard labels and the teacher's soft targets "
-    "at T={temperature:g} for {num_steps} steps (seed {seed}, recipe {recipe}).",
+    "at T={temperature:g} for {num_steps} steps (seed {seed}, recipe {recipe}), with the loss {loss_description}.",
 }
 
 
@@ -45,30 +45,13 @@ class Stopped(Exception):
     """The run was stopped before it finished on purpose (a sweep's scheduler stopping it early): KILLED."""
 
 
-def variant_suffix(kind: str, recipe: str, student_model: str, teacher_initializer: str) -> str:
-    """What a run or sweep name adds for choices other than kdtf's: the recipe and the student
-    network (which a teacher does not have), and how the teacher started (which a student does not)."""
-    parts = []
-    if kind != "teacher":
-        parts += [recipe] if recipe != "kdtf" else []
-        parts += [student_model] if student_model != "softmax" else []
-    if kind != "student" and teacher_initializer != "normal":
-        parts.append(teacher_initializer if kind == "teacher" else f"teacher-{teacher_initializer}")
-    return "".join(f"-{part}" for part in parts)
-
-
 def run_name(kind: str, config: Config) -> str:
-    """E.g. teacher-T5-seed12, student-seed12, distill-T5-seed12, distill-T5-teacherT1-w0.5-seed12-tuned,
-    teacher-T1-seed12-he, distill-T20-teacherT1-seed12-tuned-mlp-teacher-he."""
-    parts = [kind]
-    if kind != "student":
-        parts.append(f"T{config.temperature:g}")
-    if kind == "distill" and config.teacher_temperature is not None:
-        parts.append(f"teacherT{config.teacher_temperature:g}")
-    if kind == "distill" and config.hard_label_weight is not None:
-        parts.append(f"w{config.hard_label_weight:g}")
-    parts.append(f"seed{config.seed}")
-    return "-".join(parts) + variant_suffix(kind, config.recipe, config.student_model, config.teacher_initializer)
+    """The kind, the temperature (a student trains at T = 1) and the seed, then every other parameter
+    of the kind that is not the default: teacher-T5-seed12, student-seed12-recipe=tuned,
+    distill-T20-seed12-recipe=tuned-student_model=mlp-teacher_temperature=1-teacher_initializer=he."""
+    parts = [kind] + ([f"T{config.temperature:g}"] if kind != "student" else []) + [f"seed{config.seed}"]
+    named = [name for name in KIND_PARAMETERS[kind] if name not in NOT_NAMED]
+    return "-".join(parts + [f"{name}={value}" for name, value in config.differences(named).items()])
 
 
 @contextmanager
@@ -149,7 +132,7 @@ def log_params(params: dict[str, str]) -> None:
 
 
 def describe_run(kind: str, config: Config) -> None:
-    """Name the run, log its parameters and the recipe it belongs to.
+    """Name the run and log its parameters.
 
     ``mlflow run`` logs the parameters as the user typed them (``5`` or ``5.0``, an empty value
     as ``''``) and MLflow forbids changing a logged value, so the canonical values go into the
@@ -158,12 +141,9 @@ def describe_run(kind: str, config: Config) -> None:
     params = config.params(kind)
     # Under `mlflow run` the parameter precision keeps what was typed ("auto"); this is what ran.
     log_params(params | {"precision_used": config.precision})
-    name_run(run_name(kind, config), DESCRIPTIONS[kind].format(**vars(config)))
-    # A teacher is the same in every recipe (they differ in the student): it is the kdtf teacher.
-    recipe = config.recipe if kind != "teacher" else "kdtf"
-    mlflow.set_tags({
-        tracking.RECIPE_TAG: recipe, tracking.SETUP_TAG: config.setup(), tracking.PARAMS_TAG: json.dumps(params, sort_keys=True)
-    })
+    loss_description = variants.LOSSES[config.loss].description.format(**vars(config))
+    name_run(run_name(kind, config), DESCRIPTIONS[kind].format(**vars(config), loss_description=loss_description))
+    mlflow.set_tag(tracking.PARAMS_TAG, json.dumps(params, sort_keys=True))
 
 
 def _link_teacher() -> None:

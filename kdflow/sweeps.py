@@ -1,12 +1,14 @@
-"""Sweeps: temperature, loss-weight and seed trials fanned out over a Ray cluster with Ray Tune.
+"""Sweeps: an experiment's grid of trials fanned out over a Ray cluster with Ray Tune.
 
-A sweep is one parent MLflow run. It plans a teacher per temperature and seed (kdtf trains its
-teacher at T), a standalone student per seed, and a distillation per temperature, loss weight
-and seed, which finds the teacher of its temperature and seed by the same lookup a single
-`distill` run uses. Every trial is a child MLflow run logging exactly what a standalone run of
-its kind logs. A trial that matches a FINISHED run of the experiment (same kind, parameters, code
-and data) is not trained again; that run is listed in the sweep's trial table instead. How the
-rest run on Ray Tune, and in what order, is ``kdflow.trials``'.
+A sweep runs one experiment file (``kdflow.experiments``) as one parent MLflow run. For each point
+of its grid it plans a distillation, the teacher that distillation learns from (kdtf trains its
+teacher at T) and the student alone, as its ``kinds`` ask; a distillation finds its teacher by the
+same lookup a single ``distill`` run uses. Every trial is a child MLflow run logging exactly what
+a standalone run of its kind logs. A trial that matches a FINISHED run of the experiment (same run
+key: kind, parameters, code and data) is not trained again; ``trials.csv`` lists that run and
+says why, as it says why each other trial trained. At the end the expected results are checked
+against this sweep's table (``check.md``). How the trials run on Ray Tune, and in what order, is
+``kdflow.trials``'.
 """
 
 import dataclasses
@@ -23,107 +25,29 @@ import mlflow
 import pandas as pd
 import ray
 
-from kdflow import cards, liveness, runs, tracking, trials
-from kdflow.config import DEFAULTS, KIND_PARAMETERS, KINDS, SEED_RANGE, Config, parse_options, to_text
-from kdflow.data import DATASET_DIGESTS
+from kdflow import cards, experiments, liveness, registry, results, runs, tracking, trials, variants
+from kdflow.config import KINDS, to_text
+from kdflow.experiments import Experiment, SweepConfig
 from kdflow.trials import Outcome, Trial, TrialResult
 
 RESUMED_TAG = "kdflow.resumed_sweep"
-# Where and how the trials run, not what they train: a sweep resumed with other resources is the same sweep.
-NOT_IDENTITY = ("address", "cpus_per_trial", "gpus_per_trial", "resume")
+CHECK_TAG = "kdflow.check"
 # The tracking server's credentials, which every trial needs and no record may show.
 CREDENTIALS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
-# A sweep takes the recipe of the core kinds (not one temperature, seed, loss weight or teacher: it spans them).
-RECIPE_PARAMETERS = tuple(
-    name for name in KIND_PARAMETERS["distill"] if name not in ("temperature", "seed", "teacher", "hard_label_weight")
-)
 
 
-@dataclass(frozen=True)
-class SweepConfig:
-    temperatures: tuple[float, ...] = (2.0, 5.0)  # one teacher and one distillation per T (kdtf: 2, 5)
-    hard_label_weights: tuple[float, ...] = ()  # one distillation per weight; empty: kdtf's loss (Config.hard_label_weight)
-    seeds: tuple[int, ...] = (12, 13, 14)  # every trial is repeated per seed; the table shows the spread
-    kinds: tuple[str, ...] = KINDS  # which kinds of trial to run: teacher, student, distill
-    scheduler: str = ""  # "": every trial runs to the end; "asha": ASHA stops weak distillations early
-    address: str = ""  # Ray cluster: empty starts a local one; "auto" or "host:port" joins one
-    cpus_per_trial: float = 1.0  # CPUs Ray reserves per trial; TensorFlow uses as many threads
-    gpus_per_trial: float = 0.0  # GPUs per trial; fractions share a card (memory growth is on)
-    resume: bool = False  # continue the newest interrupted sweep with these parameters
-
-    def __post_init__(self):
-        if not self.temperatures or not all(math.isfinite(t) and t > 0 for t in self.temperatures):
-            raise ValueError(f"temperatures must be finite numbers > 0, got {self.temperatures}")
-        if not all(0.0 <= weight <= 1.0 for weight in self.hard_label_weights):
-            raise ValueError(f"hard_label_weights must be between 0 and 1, got {to_text(self.hard_label_weights)}")
-        if not self.seeds:
-            raise ValueError("seeds must name at least one seed")
-        unknown = set(self.kinds) - set(KINDS)
-        if not self.kinds or unknown:
-            raise ValueError(f"kinds must be some of {', '.join(KINDS)}, got {', '.join(self.kinds) or 'none'}")
-        for name in ("temperatures", "hard_label_weights", "seeds", "kinds"):
-            # A repeated value would run the same trial twice and count one result twice.
-            values = getattr(self, name)
-            if len(set(values)) != len(values):
-                raise ValueError(f"{name} must not repeat a value, got {to_text(values)}")
-        if not all(seed in SEED_RANGE for seed in self.seeds):
-            raise ValueError(f"seeds must be integers from 0 to 2**32 - 1, got {to_text(self.seeds)}")
-        if self.scheduler not in trials.SCHEDULERS:
-            raise ValueError(f"scheduler must be empty or asha, got {self.scheduler!r}")
-        if not self.cpus_per_trial > 0:
-            raise ValueError(f"cpus_per_trial must be > 0, got {self.cpus_per_trial}")
-        if not self.gpus_per_trial >= 0:
-            raise ValueError(f"gpus_per_trial must be >= 0, got {self.gpus_per_trial}")
-
-
-SWEEP_DEFAULTS = SweepConfig()
-
-
-def parse_args(argv: list[str]) -> tuple[SweepConfig, dict]:
-    """The sweep's own options and the typed recipe options every trial shares."""
-    recipe_defaults = {name: getattr(DEFAULTS, name) for name in RECIPE_PARAMETERS}
-    values = parse_options("sweep", argv, vars(SWEEP_DEFAULTS) | recipe_defaults)
-    sweep = SweepConfig(**{item.name: values.pop(item.name) for item in dataclasses.fields(SweepConfig)})
-    if values["data_dir"]:  # Ray runs each trial in a folder of its own, where a relative path means nothing.
-        values["data_dir"] = str(Path(values["data_dir"]).expanduser().resolve())
-    Config(**values)  # Check the shared recipe now, before any cluster is started.
-    return sweep, values
-
-
-def trial_config(recipe: dict, temperature: float, seed: int, hard_label_weight: float | None = None) -> Config:
-    """One trial's configuration: the sweep's recipe at one temperature, seed and loss weight."""
-    return dataclasses.replace(DEFAULTS, **recipe, temperature=temperature, seed=seed, hard_label_weight=hard_label_weight)
-
-
-def teacher_temperatures(sweep: SweepConfig, recipe: dict) -> list[float]:
-    """The temperatures the sweep's distillations take their teachers from, in sweep order.
-
-    kdtf trains a teacher per temperature; with teacher_temperature set, all learn from one.
-    The rule is the distillation's own (``Config.teacher_config``), so sweep and run agree.
-    """
-    configs = [trial_config(recipe, t, sweep.seeds[0]) for t in sweep.temperatures]
-    return list(dict.fromkeys(config.teacher_config().temperature for config in configs))
-
-
-def plan(sweep: SweepConfig, recipe: dict) -> list[Trial]:
-    """Every trial of the sweep: teachers, students and distillations (``trials.TrialQueue`` orders them)."""
-    teachers = [
-        Trial("teacher", trial_config(recipe, temperature, seed))
-        for temperature in teacher_temperatures(sweep, recipe)
-        for seed in sweep.seeds
-        if {"teacher", "distill"} & set(sweep.kinds)
-    ]
-    students = [
-        Trial("student", trial_config(recipe, DEFAULTS.temperature, seed)) for seed in sweep.seeds if "student" in sweep.kinds
-    ]
-    distills = [
-        Trial("distill", trial_config(recipe, temperature, seed, weight))
-        for temperature in sweep.temperatures
-        for weight in sweep.hard_label_weights or (None,)
-        for seed in sweep.seeds
-        if "distill" in sweep.kinds
-    ]
-    return teachers + students + distills
+def plan(experiment: Experiment) -> list[Trial]:
+    """Every trial of the sweep: for each point of the grid, a distillation, the teacher it learns
+    from (unless it names one) and the student alone, as ``kinds`` asks; a trial that several
+    points share (the student of every temperature, say) is planned once."""
+    kinds = experiment.sweep.kinds
+    planned = {}
+    for config in experiment.configs():
+        wanted = [Trial("teacher", config.teacher_config())] if {"teacher", "distill"} & set(kinds) and not config.teacher else []
+        wanted += [Trial(kind, config) for kind in ("student", "distill") if kind in kinds]
+        for trial in wanted:
+            planned.setdefault((trial.kind, json.dumps(trial.config.params(trial.kind), sort_keys=True)), trial)
+    return sorted(planned.values(), key=lambda trial: KINDS.index(trial.kind))
 
 
 def absolute_tracking_uri() -> str:
@@ -157,7 +81,8 @@ def connect(address: str) -> list[dict]:
             socket.create_connection((host, int(port)), timeout=10).close()
         except (OSError, ValueError) as error:
             raise ValueError(f"address: no Ray cluster answers at {address} ({error})") from None
-    credentials = {name: os.environ[name] for name in CREDENTIALS if name in os.environ}
+    # The modules that register variants too, so that every worker knows them.
+    credentials = {name: os.environ[name] for name in CREDENTIALS + (variants.PLUGINS_VARIABLE,) if name in os.environ}
     try:
         # "local" starts a Ray of the sweep's own even when another cluster runs on this machine,
         # which Ray would otherwise join.
@@ -242,36 +167,45 @@ def end_interrupted_sweep() -> str:
     return continued
 
 
-def finished_trials(planned: list[Trial], experiment_id: str) -> tuple[list[Trial], list]:
-    """The planned trials, teachers and students first, and beside each the finished run that
-    trained it already, or None.
+def finished_trials(planned: list[Trial], experiment_id: str) -> list[tuple[Trial, object, str]]:
+    """Each planned trial, the finished run that trained it already (or None), and why.
 
     A distillation's key holds its teacher's logits digest, so the teachers are looked up first;
     a distillation whose teacher is to be trained again is trained again too. Any source of the
     dataset must match its pinned digest, so it is known before loading. Each trial resolves
     precision=auto on its own node; the driver looks up what it would choose.
     """
-    def key(trial: Trial, teacher_logits_digest: str = "") -> tuple[str, str]:
-        config = trial.config.resolved()
-        return trial.kind, tracking.run_key(trial.kind, config, DATASET_DIGESTS[config.dataset], teacher_logits_digest)
+    finished = tracking.finished_runs_by_key(experiment_id)  # One search for every trial.
 
-    first = [trial for trial in planned if trial.kind != "distill"]
-    found = tracking.find_finished_runs([key(trial) for trial in first], experiment_id)
+    def lookup(trial: Trial, teacher_logits_digest: str = "") -> tuple[Trial, object, str]:
+        config = trial.config.resolved()
+        key = tracking.run_key(trial.kind, config, variants.DATASETS[config.dataset].digest, teacher_logits_digest)
+        run = tracking.reusable(trial.kind, finished.get(key, []))
+        if run is None:
+            return trial, None, f"no finished run has its run key {key}"
+        return trial, run, f"finished run {run.info.run_id} ({run.info.run_name}) has its run key {key}"
+
+    found = [lookup(trial) for trial in planned if trial.kind != "distill"]
     teacher_digests = {
         trial.teacher_key(): run.data.tags[tracking.TEACHER_LOGITS_DIGEST_TAG]
-        for trial, run in zip(first, found) if trial.kind == "teacher" and run is not None
+        for trial, run, _ in found if trial.kind == "teacher" and run is not None
     }
-    distills = [trial for trial in planned if trial.kind == "distill"]
-    with_teacher = [trial for trial in distills if trial.teacher_key() in teacher_digests]
-    reused = tracking.find_finished_runs(
-        [key(trial, teacher_digests[trial.teacher_key()]) for trial in with_teacher], experiment_id
-    ) if with_teacher else []
-    reused_by_trial = dict(zip(with_teacher, reused))
-    return first + distills, found + [reused_by_trial.get(trial) for trial in distills]
+    for trial in planned:
+        if trial.kind != "distill":
+            continue
+        if trial.config.teacher:
+            teacher_run = mlflow.get_run(registry.resolve(trial.config.teacher, "teacher").run_id)
+            found.append(lookup(trial, teacher_run.data.tags.get(tracking.TEACHER_LOGITS_DIGEST_TAG, "")))
+        elif trial.teacher_key() in teacher_digests:
+            found.append(lookup(trial, teacher_digests[trial.teacher_key()]))
+        else:
+            found.append((trial, None, "its teacher is trained in this sweep, so no finished run can have its teacher's logits"))
+    return found
 
 
-def run_trials(sweep: SweepConfig, recipe: dict) -> list[TrialResult]:
+def run_trials(experiment: Experiment) -> list[TrialResult]:
     """Run the sweep's trials inside the active (parent) run; return each trial's outcome."""
+    sweep = experiment.sweep
     parent = mlflow.active_run().info
     if sweep.resume:
         print(f"resuming sweep {end_interrupted_sweep()}; its finished trials are reused", flush=True)
@@ -279,12 +213,12 @@ def run_trials(sweep: SweepConfig, recipe: dict) -> list[TrialResult]:
     nodes = connect(sweep.address)
     check_resources(sweep, nodes)
     check_cluster_can_track(tracking_uri, len(nodes))
-    outcomes, to_train = [], []
-    for trial, reused in zip(*finished_trials(plan(sweep, recipe), parent.experiment_id)):
-        if reused is None:
-            to_train.append(trial)
-        else:
-            outcomes.append(TrialResult(trial, Outcome.REUSED, reused.info.run_id, reused.data.metrics))
+    outcomes, reasons = [], {}
+    for trial, reused, reason in finished_trials(plan(experiment), parent.experiment_id):
+        reasons[trial] = reason
+        if reused is not None:
+            outcomes.append(TrialResult(trial, Outcome.REUSED, reused.info.run_id, reused.data.metrics, reason=reason))
+    to_train = [trial for trial in reasons if trial not in {outcome.trial for outcome in outcomes}]
     if not to_train:
         return outcomes
     shared = {
@@ -308,43 +242,50 @@ def run_trials(sweep: SweepConfig, recipe: dict) -> list[TrialResult]:
         [run for run in left_running if run.info.run_id not in stopped], "FAILED",
         "the worker died and Ray Tune gave up on the trial",
     )
-    return outcomes + trained
+    return outcomes + [dataclasses.replace(outcome, reason=reasons[outcome.trial]) for outcome in trained]
 
 
-def describe_sweep(sweep: SweepConfig, recipe: dict) -> None:
-    """Name the sweep run and log its parameters (those ``mlflow run`` has not logged already)."""
-    params = {name: to_text(value) for name, value in (vars(sweep) | recipe).items()}
-    runs.log_params(params)
-    for name in NOT_IDENTITY:  # A resumed sweep has the identity of the sweep it continues.
-        del params[name]
-    temperatures = ",".join(f"{t:g}" for t in sweep.temperatures)
-    seeds = ",".join(map(str, sweep.seeds))
-    teachers = teacher_temperatures(sweep, recipe)
-    fixed_teacher = f"-teacherT{','.join(f'{t:g}' for t in teachers)}" if teachers != list(sweep.temperatures) else ""
-    weights = f"-w{','.join(f'{w:g}' for w in sweep.hard_label_weights)}" if sweep.hard_label_weights else ""
-    scheduler = f", stopped early by {sweep.scheduler.upper()} where weak" if sweep.scheduler else ""
-    variant = runs.variant_suffix("sweep", recipe["recipe"], recipe["student_model"], recipe["teacher_initializer"])
+def describe_sweep(experiment: Experiment) -> None:
+    """Name the sweep run after its experiment, log its parameters (those ``mlflow run`` has not
+    logged already) and the resolved experiment as ``experiment.yaml``, which runs it again."""
+    shared = {name: to_text(value) for name, value in experiment.params.items()}
+    grid = {name: to_text(values) for name, values in experiment.grid.items()}
+    runs.log_params(shared | grid | {name: to_text(value) for name, value in vars(experiment.sweep).items()})
     runs.name_run(
-        f"sweep-T{temperatures}{fixed_teacher}{weights}-seeds{seeds}{variant}",
-        f"Sweep of {', '.join(sweep.kinds)} trials at T={temperatures}, seeds {seeds}, recipe {recipe['recipe']}, "
-        f"{recipe['student_model']} student, {recipe['teacher_initializer']}-initialised teacher, "
-        f"on Ray Tune{scheduler}. Every trial is a child run; trials.csv says which were trained, reused, "
-        "stopped or failed.",
+        f"sweep-{experiment.name}",
+        f"{experiment.description.strip()}\n\nEvery trial is a child run; trials.csv says which were trained, reused "
+        "(and why), stopped or failed; experiment.yaml runs this sweep again; check.md compares its expected results.",
     )
-    mlflow.set_tags({tracking.PARAMS_TAG: json.dumps(params, sort_keys=True), tracking.RECIPE_TAG: recipe["recipe"]})
+    mlflow.set_tag(tracking.PARAMS_TAG, json.dumps(experiment.identity(), sort_keys=True))
+    mlflow.log_text(experiment.to_yaml(), "experiment.yaml")
 
 
-def run_sweep(sweep: SweepConfig, recipe: dict) -> list[TrialResult]:
-    """The sweep job: its own tracked run, the trials, trials.csv and the results table.
+def check_expected(experiment: Experiment, outcomes: list[TrialResult]) -> experiments.Check:
+    """Compare the expected cells with the table of this sweep's own trials (other runs of the
+    experiment, such as another seed run by hand, would move a cell); record and print the result."""
+    version = tracking.code_version()
+    mine = {outcome.run_id for outcome in outcomes if outcome.outcome in (Outcome.TRAINED, Outcome.REUSED)}
+    records = results.collect_runs(mlflow.active_run().info.experiment_id)
+    tables = results.build_tables([r for r in records if r.run_id in mine and r.code_version == version])
+    check = experiments.check(experiment.expected, tables)
+    mlflow.log_text(check.markdown(), "check.md")
+    mlflow.set_tag(CHECK_TAG, check.tag())
+    print(check.line(), flush=True)
+    return check
 
-    Raises ``runs.PartlyFailed``, after logging everything, when some trial failed for good.
+
+def run_sweep(experiment: Experiment) -> list[TrialResult]:
+    """The sweep job: its own tracked run, the trials, trials.csv, the results table and the check.
+
+    Raises ``runs.PartlyFailed``, after logging everything, when some trial failed for good, or
+    with ``check=strict`` when an expected cell is outside its tolerance or missing.
     """
     with runs.tracked_run("sweep"):
-        describe_sweep(sweep, recipe)
-        outcomes = run_trials(sweep, recipe)
+        describe_sweep(experiment)
+        outcomes = run_trials(experiment)
         table = pd.DataFrame([outcome.row() for outcome in outcomes])
         mlflow.log_text(table.to_csv(index=False), "trials.csv")
-        print(table.drop(columns="error").to_string(index=False))
+        print(table.drop(columns=["error", "reason"]).to_string(index=False))
         markdown, tables = runs.log_results()
         print(markdown)
         # Each trial's card was written when it finished, before the seeds after it: now every
@@ -352,9 +293,12 @@ def run_sweep(sweep: SweepConfig, recipe: dict) -> list[TrialResult]:
         for outcome in outcomes:
             if outcome.outcome in (Outcome.TRAINED, Outcome.REUSED) and outcome.trial.kind != "teacher":
                 cards.publish(outcome.trial.kind, outcome.trial.config.resolved(), tables, outcome.run_id)
+        check = check_expected(experiment, outcomes)
         failed = [outcome.trial.name for outcome in outcomes if outcome.outcome is Outcome.FAILED]
         if failed:
             raise runs.PartlyFailed(
                 f"{len(failed)} of {len(outcomes)} trials failed: {', '.join(sorted(failed))}; each failed run holds its error"
             )
+        if experiment.sweep.check == "strict" and not check.passed:
+            raise runs.PartlyFailed(f"{check.line()} (check=strict); check.md on the sweep run says which")
     return outcomes

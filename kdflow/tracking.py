@@ -8,9 +8,12 @@ The tracking URI comes from the environment (``mlflow run`` hands ``MLFLOW_TRACK
 calls ``set_tracking_uri``, which would break that hand-over.
 """
 
+import ast
 import functools
 import hashlib
 import json
+import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -19,16 +22,16 @@ import numpy as np
 from mlflow.data.sources import LocalArtifactDatasetSource
 from mlflow.exceptions import MlflowException
 
+from kdflow import variants
 from kdflow.data import NUM_CLASSES, TRAIN_SIZE, read_npy_header
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 KIND_TAG = "kdflow.kind"
-RECIPE_TAG = "kdflow.recipe"
-SETUP_TAG = "kdflow.setup"
 CODE_VERSION_TAG = "kdflow.code_version"
 DATA_DIGEST_TAG = "kdflow.data_digest"
 PARAMS_TAG = "kdflow.params"
 RUN_KEY_TAG = "kdflow.run_key"
+RUN_KEY_INPUTS_TAG = "kdflow.run_key_inputs"
 MODEL_URI_TAG = "kdflow.model_uri"
 TEACHER_RUN_TAG = "kdflow.teacher_run_id"
 TEACHER_MODEL_TAG = "kdflow.teacher_model_uri"
@@ -47,33 +50,56 @@ TEACHER_LOGITS_SHAPE_TAG = "kdflow.teacher_logits_shape"
 # (tests/test_layers.py derives that set from the imports and holds this list to it). Naming,
 # run lifecycle, tables, sweeps, prediction and the command line are left out, so mending them
 # does not make hours of finished runs unusable for reuse.
-TRAINING_MODULES = ("config", "data", "models", "losses", "training", "tracking", "registry", "jobs", "precision")
+TRAINING_MODULES = ("config", "data", "models", "losses", "variants", "training", "tracking", "registry", "jobs", "precision")
+
+
+def _syntax(source: str, filename: str) -> str:
+    """A module's syntax tree without its docstrings: what it computes, not how it is explained.
+    Comments are not in the tree; neither are line numbers, so moving code down a line keeps it."""
+    tree = ast.parse(source, filename)
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and body
+                and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree)
 
 
 @functools.cache
 def code_version() -> str:
-    """A digest of the training modules: reuse is only safe when this matches, git or no git.
+    """A digest of what the training modules compute, and of the modules that register variants
+    (``variants.PLUGINS_VARIABLE``): reuse is only safe when this matches, git or no git.
 
-    Read once per process: the code that runs is the code that was loaded.
+    Editing a comment or a docstring keeps it; any other edit, down to a constant or a name,
+    changes it. Read once per process: the code that runs is the code that was loaded.
     """
+    paths = [PROJECT_ROOT / "kdflow" / f"{module}.py" for module in TRAINING_MODULES]
+    plugins = filter(None, os.environ.get(variants.PLUGINS_VARIABLE, "").split(","))
+    paths += [Path(sys.modules[plugin.strip()].__file__) for plugin in plugins]
     digest = hashlib.sha256()
-    for module in TRAINING_MODULES:
-        path = PROJECT_ROOT / "kdflow" / f"{module}.py"
-        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    for path in paths:
+        digest.update(path.name.encode() + b"\0" + _syntax(path.read_text(encoding="utf-8"), str(path)).encode() + b"\0")
     return digest.hexdigest()[:16]
 
 
-def run_key(kind: str, config, data_digest: str, teacher_logits_digest: str = "") -> str:
-    """Two runs with the same key train the same thing: kind, parameters, code and data agree, and
-    a distillation's teacher logits too (their digest, as the teacher run recorded it).
+def run_key_inputs(kind: str, config, data_digest: str, teacher_logits_digest: str = "") -> dict:
+    """What makes two runs train the same thing: kind, parameters, code and data agree, and a
+    distillation's teacher logits too (their digest, as the teacher run recorded it).
 
     ``data_dir`` is left out because it only says where the data came from; the digest pins what.
     Teachers of the same key trained on other hardware, or again after their logits were lost,
     can differ; the digest keeps the distillations from them apart.
     """
-    params = {name: value for name, value in config.params(kind).items() if name != "data_dir"}
-    identity = [kind, params, code_version(), data_digest] + ([teacher_logits_digest] if kind == "distill" else [])
-    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+    inputs = {"kind": kind, "params": {name: value for name, value in config.params(kind).items() if name != "data_dir"},
+              "code_version": code_version(), "data_digest": data_digest}
+    return inputs | ({"teacher_logits_digest": teacher_logits_digest} if kind == "distill" else {})
+
+
+def run_key(kind: str, config, data_digest: str, teacher_logits_digest: str = "") -> str:
+    """The digest of ``run_key_inputs``: equal keys, the same training."""
+    inputs = run_key_inputs(kind, config, data_digest, teacher_logits_digest)
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def log_dataset(kind: str, config, splits) -> None:
@@ -97,7 +123,10 @@ def mark_complete(kind: str, config) -> None:
     this line, whatever MLflow later makes of its status, can never stand in for a real result.
     """
     tags = mlflow.get_run(mlflow.active_run().info.run_id).data.tags
-    mlflow.set_tag(RUN_KEY_TAG, run_key(kind, config, tags[DATA_DIGEST_TAG], tags.get(TEACHER_LOGITS_DIGEST_TAG, "")))
+    inputs = (kind, config, tags[DATA_DIGEST_TAG], tags.get(TEACHER_LOGITS_DIGEST_TAG, ""))
+    # The key's inputs, readable on the run page: why two runs share a key, or do not.
+    mlflow.set_tag(RUN_KEY_INPUTS_TAG, json.dumps(run_key_inputs(*inputs), sort_keys=True))
+    mlflow.set_tag(RUN_KEY_TAG, run_key(*inputs))
 
 
 def _sha256(path: Path) -> str:
@@ -188,28 +217,31 @@ def _has_its_results(kind: str, run) -> bool:
     return True
 
 
-def find_finished_runs(wanted: list[tuple[str, str]], experiment_id: str) -> list:
-    """For each (kind, run key): the newest FINISHED run of the experiment with that key whose
-    model (and a teacher's logits, checked) can still be read, or None.
+def finished_runs_by_key(experiment_id: str, key: str | None = None) -> dict[str, list]:
+    """The experiment's FINISHED, keyed runs (those with ``key`` alone, if given), newest first per key.
 
-    One search for them all: a sweep asks for hundreds before its first trial starts.
+    One search for them all: a sweep asks for hundreds of keys before its first trial starts.
     """
-    keys = {key for _, key in wanted}
-    with_key = f"= '{next(iter(keys))}'" if len(keys) == 1 else "IS NOT NULL"
+    with_key = f"= '{key}'" if key else "IS NOT NULL"
     runs = mlflow.search_runs(
         experiment_ids=[experiment_id],
         filter_string=f"tags.`{RUN_KEY_TAG}` {with_key} and attributes.status = 'FINISHED'",
         order_by=["attributes.start_time DESC"],
         output_format="list",
     )
-    newest_first = {key: [] for key in keys}
+    newest_first = {}
     for run in runs:
-        newest_first.get(run.data.tags[RUN_KEY_TAG], []).append(run)
-    return [next((run for run in newest_first[key] if _has_its_results(kind, run)), None) for kind, key in wanted]
+        newest_first.setdefault(run.data.tags[RUN_KEY_TAG], []).append(run)
+    return newest_first
+
+
+def reusable(kind: str, candidates: list):
+    """The newest of a key's finished runs whose model (and a teacher's logits, checked) can still be read, or None."""
+    return next((run for run in candidates if _has_its_results(kind, run)), None)
 
 
 def find_finished_run(kind: str, config, data_digest: str, experiment_id: str, teacher_logits_digest: str = ""):
     """The newest FINISHED run of the experiment that trained exactly this (same run key) and
     whose model (and a teacher's logits) can still be read, or None."""
-    (run,) = find_finished_runs([(kind, run_key(kind, config, data_digest, teacher_logits_digest))], experiment_id)
-    return run
+    key = run_key(kind, config, data_digest, teacher_logits_digest)
+    return reusable(kind, finished_runs_by_key(experiment_id, key).get(key, []))

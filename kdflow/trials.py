@@ -65,15 +65,16 @@ class TrialResult:
     run_id: str = ""
     metrics: dict = field(default_factory=dict)
     error: str = ""
+    reason: str = ""  # why it was reused or trained: the finished run that has its run key, or that none has
+
 
     def row(self) -> dict:
         """The trial's line in the sweep's trials.csv."""
-        params = self.trial.config.params(self.trial.kind)
         return {
-            "trial": self.trial.name, "kind": self.trial.kind, "temperature": params.get("temperature", ""),
-            "hard_label_weight": params.get("hard_label_weight", ""), "seed": params["seed"],
-            "outcome": self.outcome.value, "run_id": self.run_id, "test_accuracy": self.metrics.get("test_accuracy", ""),
-            "best_validation_accuracy": self.metrics.get("best_validation_accuracy", ""), "error": self.error,
+            "trial": self.trial.name, "kind": self.trial.kind, "outcome": self.outcome.value, "run_id": self.run_id,
+            "test_accuracy": self.metrics.get("test_accuracy", ""),
+            "best_validation_accuracy": self.metrics.get("best_validation_accuracy", ""), "reason": self.reason,
+            "error": self.error,
         }
 
 

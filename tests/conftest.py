@@ -31,7 +31,7 @@ MLFLOW = str(Path(sys.executable).parent / "mlflow")
 # Runs in tests are short: accuracy is judged in benchmarks/, not here.
 SHORT = {"num_steps": "40", "eval_every": "20"}
 # The champion of the short runs' setup (kdtf's own setup has the plain @champion).
-SHORT_CHAMPION_URI = f"models:/kd-student@{registry.champion_alias(config.Config(num_steps=40, eval_every=20).resolved())}"
+SHORT_CHAMPION_URI = f"models:/kd-student@{registry.champion_alias('distill', config.Config(num_steps=40, eval_every=20).resolved())}"
 
 
 # The suite runs on two pytest-xdist workers (pyproject.toml), and modules mark their group:

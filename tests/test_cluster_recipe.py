@@ -52,7 +52,7 @@ PASSWORD = "kdflow-test-admin-password"
 FIRST_LINE = "# 1. A shared tracking server"
 MARKER = "KDFLOW_CLUSTER_RECIPE_TEST"
 # The README's variables, for this machine; SWEEP_PARAMS is the small sweep.
-SWEEP_PARAMS = "-P temperatures=2 -P seeds=12 -P num_steps=40 -P eval_every=20"
+SWEEP_PARAMS = "-P temperature=2 -P seed=12 -P num_steps=40 -P eval_every=20"
 
 ONE_MACHINE_AS_TWO = r"""
 set -euo pipefail

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kdflow import config, runs, sweeps
+from kdflow import config, runs
 
 ROOT = Path(__file__).resolve().parents[1]
 MLPROJECT = yaml.safe_load((ROOT / "MLproject").read_text())
@@ -26,10 +26,10 @@ def test_mlproject_parameters_mirror_config(kind):
 
 def test_defaults_are_the_kdtf_recipe():
     assert config.DEFAULTS.params("distill") == {
-        "recipe": "kdtf", "student_model": "softmax", "teacher_initializer": "normal",
+        "recipe": "kdtf", "student_model": "softmax", "teacher_model": "cnn", "teacher_initializer": "normal",
         "teacher_temperature": "", "temperature": "5.0", "num_steps": "5000", "batch_size": "128", "learning_rate": "0.001",
         "eval_every": "100", "seed": "12", "dataset": "mnist", "data_dir": "", "teacher": "",
-        "teacher_signal": "cached", "hard_label_weight": "", "precision": "auto",
+        "teacher_signal": "cached", "loss": "kdtf", "hard_label_weight": "", "precision": "auto",
     }
 
 
@@ -41,7 +41,8 @@ def test_defaults_are_the_kdtf_recipe():
         ("dataset", "cifar10"), ("teacher_signal", "sometimes"), ("hard_label_weight", "1.5"), ("seed", "twelve"),
         ("num_steps", "2.5"), ("recipe", "best"), ("teacher_temperature", "-2"),
         ("seed", "-1"), ("seed", str(2**32)), ("batch_size", "55001"), ("precision", "int8"),
-        ("student_model", "resnet"), ("teacher_initializer", "zeros"),
+        ("student_model", "resnet"), ("teacher_initializer", "zeros"), ("loss", "mse"), ("teacher_model", "softmax"),
+        ("student_model", "cnn"),
     ],
 )
 def test_bad_values_raise_value_error_naming_the_parameter(name, text):
@@ -50,7 +51,8 @@ def test_bad_values_raise_value_error_naming_the_parameter(name, text):
 
 
 def test_parse_args_round_trip():
-    made = config.parse_args("distill", ["--temperature", "2", "--hard_label_weight", "0.5", "--num_steps", "10"])
+    made = config.parse_args("distill", ["--temperature", "2", "--loss", "weighted", "--hard_label_weight", "0.5",
+                                         "--num_steps", "10"])
     assert (made.temperature, made.hard_label_weight, made.num_steps, made.seed) == (2.0, 0.5, 10, 12)
     assert made.loss == "weighted"
     assert config.parse_args("distill", []) == config.DEFAULTS and config.DEFAULTS.loss == "kdtf"
@@ -64,34 +66,48 @@ def test_student_takes_no_temperature():
         config.parse_args("student", ["--temperature", "5"])
 
 
+def test_a_loss_takes_its_own_parameters_and_no_others():
+    with pytest.raises(ValueError, match="hard_label_weight is a parameter of loss=weighted, not of loss=kdtf"):
+        config.parse_args("distill", ["--hard_label_weight", "0.5"])
+    with pytest.raises(ValueError, match="loss=weighted needs hard_label_weight"):
+        config.parse_args("distill", ["--loss", "weighted"])
+
+
 @pytest.mark.parametrize(
     "argv, named",
     [
-        (["--seeds", "12,13,12"], "seeds must not repeat"), (["--temperatures", "2,5,2.0"], "temperatures must not repeat"),
-        (["--kinds", "student,student"], "kinds must not repeat"), (["--seeds", "-1"], "seeds must be integers from 0"),
+        (["--seed", "12,13,12"], "seed"), (["--temperature", "2,5,2.0"], "temperature"),
+        (["--kinds", "student,student"], "kinds must not repeat"), (["--seed", "-1"], "seed must be an integer from 0"),
         (["--batch_size", "100000"], "batch_size"), (["--resume", "maybe"], "resume"),
+        (["--temperatures", "2,5"], "temperatures is now the grid axis temperature"),
     ],
 )
 def test_bad_sweep_values_are_refused_before_any_cluster(argv, named):
+    from kdflow import experiments
+
     with pytest.raises(ValueError, match=named):
-        sweeps.parse_args(argv)
+        experiments.parse_args(argv)
 
 
 def test_the_old_alpha_is_refused_naming_its_replacement():
+    from kdflow import experiments
+
     with pytest.raises(ValueError, match="alpha was renamed hard_label_weight.*alpha=a is hard_label_weight=1-a"):
         config.parse_args("distill", ["--alpha", "0.9"])
     with pytest.raises(ValueError, match="alpha was renamed hard_label_weight"):
-        sweeps.parse_args(["--alpha", "0.9"])
+        experiments.parse_args(["--alpha", "0.9"])
 
 
-def test_every_loss_and_recipe_names_an_entry_of_its_table():
-    from kdflow import losses, models
+def test_every_variant_parameter_chooses_from_its_registry():
+    from kdflow import variants
 
-    assert {config.DEFAULTS.loss, config.parse_args("distill", ["--hard_label_weight", "0"]).loss} == set(
-        losses.DISTILLATION_LOSSES
-    )
-    initializers = {recipe.student_initializer(model) for recipe in config.RECIPES.values() for model in config.STUDENT_MODELS}
-    assert initializers | set(config.TEACHER_INITIALIZERS) <= set(models.INITIALIZERS)
+    for name, registry in variants.CHOSEN_BY.items():
+        assert getattr(config.DEFAULTS, name) in registry, name
+    # Every student network starts by a registered initialiser in every recipe.
+    for name in variants.networks(variants.STUDENT):
+        assert set(variants.NETWORKS[name].recipe_initializers) == set(variants.RECIPES), name
+        assert set(variants.NETWORKS[name].recipe_initializers.values()) <= set(variants.INITIALIZERS), name
+    assert variants.loss_parameters() <= {field.name for field in dataclasses.fields(config.Config)}
 
 
 def test_pyproject_and_conda_name_the_same_dependencies():
@@ -103,18 +119,17 @@ def test_pyproject_and_conda_name_the_same_dependencies():
     assert sorted(pyproject) == sorted(line for line in conda_pip if not line.startswith("-e"))
 
 
-def test_mlproject_sweep_parameters_mirror_sweep_config():
-    import dataclasses
+def test_mlproject_sweep_parameters_mirror_the_experiment_parameters():
+    from kdflow import experiments
 
     entry_point = MLPROJECT["entry_points"]["sweep"]
     assert MLPROJECT["entry_points"]["main"] == entry_point  # `mlflow run .` is the default sweep.
-    sweep_names = [item.name for item in dataclasses.fields(sweeps.SweepConfig)]
-    assert list(entry_point["parameters"]) == sweep_names + list(sweeps.RECIPE_PARAMETERS)
-    for name in sweep_names:
-        expected = config.to_text(getattr(sweeps.SWEEP_DEFAULTS, name))
-        assert str(entry_point["parameters"][name]["default"]) == expected, name
-    for name in sweeps.RECIPE_PARAMETERS:
-        assert str(entry_point["parameters"][name]["default"]) == config.to_text(getattr(config.DEFAULTS, name)), name
+    sweep_names = [item.name for item in dataclasses.fields(experiments.SweepConfig)]
+    trial_names = [item.name for item in dataclasses.fields(config.Config)]
+    assert list(entry_point["parameters"]) == ["experiment"] + sweep_names + trial_names
+    assert entry_point["parameters"]["experiment"]["default"] == "experiments/kdtf.yaml"
+    # Every other parameter is empty: as the experiment file says, unless given.
+    assert all(entry_point["parameters"][name]["default"] == "" for name in sweep_names + trial_names)
     for name in entry_point["parameters"]:
         assert f"--{name} {{{name}}}" in entry_point["command"]
 
@@ -132,11 +147,17 @@ def test_run_names_say_what_was_trained():
     assert runs.run_name("student", config.Config(seed=13)) == "student-seed13"
     assert runs.run_name("distill", config.DEFAULTS) == "distill-T5-seed12"
     fixed = config.Config(temperature=10, teacher_temperature=1, recipe="tuned")
-    assert runs.run_name("distill", fixed) == "distill-T10-teacherT1-seed12-tuned"
+    assert runs.run_name("distill", fixed) == "distill-T10-seed12-recipe=tuned-teacher_temperature=1"
     hinton = dataclasses.replace(fixed, student_model="mlp", teacher_initializer="he")
-    assert runs.run_name("distill", hinton) == "distill-T10-teacherT1-seed12-tuned-mlp-teacher-he"
-    assert runs.run_name("teacher", hinton.teacher_config()) == "teacher-T1-seed12-he"
-    assert runs.run_name("student", hinton) == "student-seed12-tuned-mlp"
+    assert runs.run_name("distill", hinton) == (
+        "distill-T10-seed12-recipe=tuned-student_model=mlp-teacher_temperature=1-teacher_initializer=he"
+    )
+    assert runs.run_name("teacher", hinton.teacher_config()) == "teacher-T1-seed12-teacher_initializer=he"
+    assert runs.run_name("student", hinton) == "student-seed12-recipe=tuned-student_model=mlp"
+    weighted = config.Config(loss="weighted", hard_label_weight=0.5, precision="float32", num_steps=40)
+    named = runs.run_name("distill", weighted)
+    assert named.startswith("distill-T5-seed12-num_steps=40") and named.endswith("-loss=weighted-hard_label_weight=0.5")
+    assert ("precision=float32" in named) == (config.DEFAULTS.resolved().precision != "float32")
     assert fixed.teacher_config().temperature == 1.0 and config.DEFAULTS.teacher_config().temperature == 5.0
     # A teacher at the distillation's own T is kdtf's default: the same parameters, so reusable.
     assert config.Config(teacher_temperature=5).params("distill") == config.DEFAULTS.params("distill")
@@ -145,11 +166,11 @@ def test_run_names_say_what_was_trained():
 def test_recipes_start_each_student_as_they_say():
     import numpy as np
 
-    from kdflow import models, training
+    from kdflow import training, variants
 
     def student_weights(recipe, model):
         training.make_deterministic(12)
-        student = models.build_student(model, config.RECIPES[recipe].student_initializer(model))
+        student = variants.build_network(model, config.Config(recipe=recipe, student_model=model).student_initializer(), "float32")
         return [np.asarray(layer.kernel) for layer in student.layers if hasattr(layer, "kernel")], student.layers[-1].bias
 
     tuned_softmax, _ = student_weights("tuned", "softmax")

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from scipy.special import softmax
 
-from kdflow import cards, data, precision, registry, runs, tracking
+from kdflow import cards, config, data, precision, registry, runs, tracking
 from tests.conftest import MLFLOW, ROOT, SHORT, SHORT_CHAMPION_URI, run_id_of, succeeded
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("project_store")]  # tests/conftest.py says why
@@ -36,10 +36,10 @@ def test_distill_trains_a_teacher_once_then_reuses_it(store):
     for distilled in (first, second):
         assert distilled.data.tags[tracking.TEACHER_RUN_TAG] == teacher.info.run_id
         assert distilled.data.tags[tracking.TEACHER_MODEL_TAG] == teacher.data.tags[tracking.MODEL_URI_TAG]
-    assert teacher.info.run_name == "teacher-T5-seed12" and first.info.run_name == "distill-T5-seed12"
+    assert teacher.info.run_name == "teacher-T5-seed12-num_steps=40-eval_every=20" and first.info.run_name == "distill-T5-seed12-num_steps=40-eval_every=20"
     # What the MLflow UI shows: a description on each run, linking a distillation to its teacher,
     # and an experiment that opens on the model-training view.
-    teacher_link = f"[teacher-T5-seed12](#/experiments/{teacher.info.experiment_id}/runs/{teacher.info.run_id})"
+    teacher_link = f"[{teacher.info.run_name}](#/experiments/{teacher.info.experiment_id}/runs/{teacher.info.run_id})"
     assert teacher_link in first.data.tags[runs.DESCRIPTION_TAG]
     assert teacher.data.tags[runs.DESCRIPTION_TAG].startswith("Teacher: the CNN trained on the hard labels at T=5")
     experiment = mlflow.get_experiment(first.info.experiment_id)
@@ -65,7 +65,9 @@ def test_runs_log_metrics_dataset_model_and_results(store):
         # the teacher, started by the distillation, is given the resolved format.
         assert run.data.params["precision"] in ("auto", precision.resolve("auto"))
         assert run.data.params["precision_used"] == precision.resolve("auto")
-        assert run.data.tags[tracking.SETUP_TAG].endswith(f" precision={precision.resolve('auto')}")
+        # The run key's inputs are readable beside the key: kind, parameters, code version and data.
+        inputs = json.loads(run.data.tags[tracking.RUN_KEY_INPUTS_TAG])
+        assert inputs["params"]["precision"] == precision.resolve("auto") and inputs["code_version"] == tracking.code_version()
         # What the run page's System metrics tab draws.
         assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= set(run.data.metrics)
         model_info = mlflow.models.get_model_info(run.data.tags[tracking.MODEL_URI_TAG])
@@ -93,8 +95,7 @@ def test_models_are_registered_and_champion_has_best_validation(store):
     # The short runs' champion is the best student of their setup, and kdtf's @champion is not
     # theirs to take: a 40-step student never answers for kdtf's 5000-step setup.
     alias = SHORT_CHAMPION_URI.rsplit("@", 1)[1]
-    short_setup = versions[store.student_id].tags[registry.SETUP_TAG]
-    students = [v for v in versions.values() if v.tags[registry.SETUP_TAG] == short_setup]
+    students = [v for v in versions.values() if v.tags[registry.ALIAS_TAG] == alias]
     champion = client.get_model_version_by_alias("kd-student", alias)
     best = max(float(version.tags[registry.VALIDATION_ACCURACY_TAG]) for version in students)
     assert float(champion.tags[registry.VALIDATION_ACCURACY_TAG]) == best
@@ -116,15 +117,20 @@ def test_mlp_student_distilled_from_a_he_teacher_is_registered_with_its_card_and
     assert "training one" in process.stdout  # kdtf's teachers are not this one.
     distilled = mlflow.get_run(run_id_of(process))
     teacher = mlflow.get_run(distilled.data.tags[tracking.TEACHER_RUN_TAG])
-    assert teacher.info.run_name == "teacher-T1-seed12-he"
-    assert distilled.info.run_name == "distill-T20-teacherT1-seed12-tuned-mlp-teacher-he"
-    table = process.stdout.split("## Recipe `tuned student_model=mlp teacher_initializer=he: mnist steps=40")[1]
-    assert "Hinton et al. (distilled at T=20)" in table and " errors |" in table
+    assert teacher.info.run_name == "teacher-T1-seed12-teacher_initializer=he-num_steps=40-eval_every=20"
+    assert distilled.info.run_name == (
+        "distill-T20-seed12-recipe=tuned-student_model=mlp-teacher_temperature=1-teacher_initializer=he-num_steps=40-eval_every=20"
+    )
+    table = process.stdout.split("## `recipe=tuned, student_model=mlp, num_steps=40, eval_every=20, teacher_initializer=he`")[1]
+    assert "Hinton et al. T=20" in table and " errors |" in table
     # Its own registered model, so it never takes the softmax students' champion.
     client = mlflow.MlflowClient()
     (version,) = client.search_model_versions(f"run_id = '{distilled.info.run_id}'")
     assert version.name == "kd-student-mlp"
-    assert client.get_model_version_by_alias("kd-student-mlp", SHORT_CHAMPION_URI.rsplit("@", 1)[1]).version == version.version
+    alias = registry.champion_alias("distill", config.parse_args("distill", [f"--{name}={value}" for name, value in (
+        hinton | {"temperature": 20} | SHORT).items()]).resolved())
+    assert alias == "champion-recipe-tuned-teacher_initializer-he-num_steps-40-eval_every-20"
+    assert client.get_model_version_by_alias("kd-student-mlp", alias).version == version.version
     card = version.description
     accuracy = distilled.data.metrics["test_accuracy"]
     for fact in [
@@ -250,16 +256,16 @@ def test_distill_can_learn_from_a_teacher_of_another_temperature(store):
     process = succeeded(store.run("distill", temperature=2, teacher_temperature=5, **SHORT))
     assert f"reusing teacher run {store.teacher_id}" in process.stdout  # Trained at T = 5.
     distilled = mlflow.get_run(run_id_of(process))
-    assert distilled.info.run_name == "distill-T2-teacherT5-seed12"
+    assert distilled.info.run_name == "distill-T2-seed12-teacher_temperature=5-num_steps=40-eval_every=20"
     assert distilled.data.tags[tracking.TEACHER_RUN_TAG] == store.teacher_id
-    assert "| Distillation (teacher T=5) |" in process.stdout
+    assert "| Distillation (teacher_temperature=5) |" in process.stdout
 
 
 def test_tuned_recipe_has_its_own_table_sharing_the_teachers(store):
     process = succeeded(store.run("student", recipe="tuned", **SHORT))
     tuned = mlflow.get_run(run_id_of(process))
-    assert tuned.info.run_name == "student-seed12-tuned" and tuned.data.tags[tracking.RECIPE_TAG] == "tuned"
-    table = process.stdout.split("## Recipe `tuned: mnist steps=40")[1].split("## ")[0]
+    assert tuned.info.run_name == "student-seed12-recipe=tuned-num_steps=40-eval_every=20"
+    table = process.stdout.split("## `recipe=tuned, num_steps=40, eval_every=20`")[1].split("## ")[0]
     assert "| Teacher |" in table and "| Student only |" in table and "| Distillation |" not in table
 
 
@@ -280,12 +286,24 @@ def test_main_entry_point_reproduces_the_table_from_finished_runs(store):
     assert "(one seed: no spread yet)" in card(store.student_id)
     counts = {kind: len(store.runs(kind)) for kind in ("teacher", "student", "distill")}
     command = [MLFLOW, "run", str(ROOT), "--env-manager", "local",
-               "-P", "temperatures=5", "-P", "seeds=12", *[f"-P{name}={value}" for name, value in SHORT.items()]]
+               "-P", "temperature=5", "-P", "seed=12", *[f"-P{name}={value}" for name, value in SHORT.items()]]
     process = succeeded(subprocess.run(command, cwd=store.folder, env=store.env, capture_output=True, text=True, timeout=900))
     assert {kind: len(store.runs(kind)) for kind in counts} == counts  # Nothing trained again.
     sweep = mlflow.get_run(run_id_of(process))
     trials = Path(mlflow.artifacts.download_artifacts(run_id=sweep.info.run_id, artifact_path="trials.csv")).read_text()
-    assert [line.split(",")[0] for line in trials.splitlines()[1:]] == ["teacher-T5-seed12", "student-seed12", "distill-T5-seed12"]
-    assert all(",reused," in line for line in trials.splitlines()[1:])
-    assert "## Recipe `kdtf: mnist steps=40" in process.stdout and "| Distillation |" in process.stdout
+    names = [f"{kind}-num_steps=40-eval_every=20" for kind in ("teacher-T5-seed12", "student-seed12", "distill-T5-seed12")]
+    assert [line.split(",")[0] for line in trials.splitlines()[1:]] == names
+    # Each reused trial says which finished run it matched, by its run key.
+    assert all(",reused," in line and "has its run key" in line for line in trials.splitlines()[1:])
+    assert "## `num_steps=40, eval_every=20`" in process.stdout and "| Distillation |" in process.stdout
+    # kdtf's expected cells are of 5000-step runs: far from this 40-step table at T=2, missing at T=5, and recorded.
+    assert "check: 0 within, 3 outside, 3 missing of 6 expected cells" in process.stdout
+    assert sweep.data.tags["kdflow.check"].startswith("failed")
+    # The resolved experiment, logged by the sweep, runs the same trials again: every one reused.
+    again = [MLFLOW, "run", str(ROOT), "--env-manager", "local", "-P", f"experiment=runs:/{sweep.info.run_id}/experiment.yaml"]
+    process = succeeded(subprocess.run(again, cwd=store.folder, env=store.env, capture_output=True, text=True, timeout=900))
+    assert {kind: len(store.runs(kind)) for kind in counts} == counts
+    rerun = mlflow.get_run(run_id_of(process))
+    rerun_trials = Path(mlflow.artifacts.download_artifacts(run_id=rerun.info.run_id, artifact_path="trials.csv")).read_text()
+    assert [line.split(",")[:4] for line in rerun_trials.splitlines()] == [line.split(",")[:4] for line in trials.splitlines()]
     assert "over 2 seed(s), row \"Student only\"" in card(store.student_id)

@@ -168,13 +168,15 @@ def test_a_run_stopped_after_registering_its_version_never_holds_the_alias(own_s
     """Stopped between its registered version and its end, a run must not move the champion;
     and a version that a run which never completed holds the alias with (as older kdflow left
     it) loses it at the next promotion."""
-    arguments = ("--num_steps", "60", "--eval_every", "20")
+    arguments = ("--num_steps", "60", "--eval_every", "20", "--recipe", "tuned")
     assert entry_point(own_store, "student", *arguments).returncode == 0
     client = mlflow.MlflowClient()
-    alias = registry.champion_alias(config.Config(num_steps=60, eval_every=20).resolved())
+    alias = registry.champion_alias("student", config.Config(num_steps=60, eval_every=20, recipe="tuned").resolved())
     champion = client.get_model_version_by_alias("kd-student", alias)
-    # The tuned recipe (not part of the setup, so the same alias) learns far faster: it would win.
-    command = [sys.executable, str(ROOT / "entrypoints" / "student.py"), *arguments, "--recipe", "tuned"]
+    # A weak champion, so that the next student of its alias, at any seed, would win.
+    client.set_model_version_tag("kd-student", champion.version, registry.VALIDATION_ACCURACY_TAG, "0.05")
+    champion = client.get_model_version_by_alias("kd-student", alias)
+    command = [sys.executable, str(ROOT / "entrypoints" / "student.py"), *arguments, "--seed", "14"]
     process = subprocess.Popen(command, cwd=own_store.folder, env=own_store.env, stdout=subprocess.PIPE, text=True)
     for line in process.stdout:
         if line.startswith("registered kd-student version"):
@@ -193,6 +195,9 @@ def test_a_run_stopped_after_registering_its_version_never_holds_the_alias(own_s
     complete = [v for v in client.search_model_versions("name = 'kd-student'") if v.run_id != stopped.info.run_id]
     best = max(complete, key=lambda v: (float(v.tags[registry.VALIDATION_ACCURACY_TAG]), -int(v.version)))
     assert client.get_model_version_by_alias("kd-student", alias).version == best.version
+
+
+LONG_STUDENT = "student-seed12-num_steps=1000000-eval_every=10"  # the run name of long_students
 
 
 def long_students(store: ProjectStore, count: int) -> list[subprocess.Popen]:
@@ -220,7 +225,7 @@ def test_runs_whose_process_was_killed_outright_are_ended_and_live_ones_left(own
         assert len(own_store.runs("student", status="RUNNING")) == 2
         process = end_orphans(own_store)
         (ended,) = own_store.runs("student", status="FAILED")
-        assert f"ended student-seed12 ({ended.info.run_id}) FAILED: its process {killed.pid} on " in process.stdout
+        assert f"ended {LONG_STUDENT} ({ended.info.run_id}) FAILED: its process {killed.pid} on " in process.stdout
         assert_failed_and_never_reused(ended, "student", {"FAILED"}, "no longer exists; ended by kdflow-end-orphans")
         (running,) = own_store.runs("student", status="RUNNING")  # The live one beats on.
         assert json.loads(running.data.tags[liveness.PROCESS_TAG])["pid"] == alive.pid
@@ -245,7 +250,7 @@ def test_a_run_that_failed_while_its_server_was_down_is_ended_once_it_is_back(fe
     assert job.returncode != 0 and "could not store the FAILED status" in output, output[-3000:]
     with serving(command, f"{uri}/health"):
         (run,) = store.runs("student", status="RUNNING")
-        assert f"ended student-seed12 ({run.info.run_id}) FAILED" in end_orphans(store).stdout
+        assert f"ended {LONG_STUDENT} ({run.info.run_id}) FAILED" in end_orphans(store).stdout
         assert_failed_and_never_reused(mlflow.get_run(run.info.run_id), "student", {"FAILED"}, "no longer exists")
 
 

@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 LAYERS = (
     ("precision", "data"),  # the number format and what "auto" picks; the datasets and .npy files: pure
     ("losses", "models"),  # pure: no MLflow, no Ray
+    ("variants",),  # every network, loss, initialiser, recipe and dataset by name, each with what the rest needs
     ("config", "training"),  # the parameters; the training loop
     ("tracking", "store"),  # what a run stores, its reuse key and when it is complete; the SQLite file set up
     ("registry",),  # logged models, and the champion alias, which only a complete run's version holds
@@ -26,6 +27,7 @@ LAYERS = (
     ("liveness",),  # where each run's process runs, its heartbeat, and ending the runs whose process is gone
     ("runs",),  # one job inside one tracked run
     ("trials",),  # a sweep's runs on Ray Tune: their order, the trainable, their outcomes
+    ("experiments",),  # experiment files: the grid, its overrides, the record, the check of expected results
     ("sweeps",),  # many runs over Ray Tune: the plan, reuse, resumption, the sweep's record
     ("cli",),  # the command line of every entry point
 )

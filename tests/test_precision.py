@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import pytest
 
-from kdflow import losses, models, precision, training
+from kdflow import losses, precision, training, variants
 from kdflow.config import Config
 
 SAPPHIRE_RAPIDS = frozenset({"avx512f", "avx512_bf16", "amx_bf16", "amx_tile"})
@@ -56,8 +56,8 @@ def test_this_machine_resolves_to_a_concrete_format():
 
 
 @pytest.mark.parametrize("build", [
-    lambda fmt: models.build_teacher(precision=fmt), lambda fmt: models.build_student("softmax", "normal", fmt),
-    lambda fmt: models.build_student("mlp", "he", fmt),
+    lambda fmt: variants.build_network("cnn", "normal", fmt), lambda fmt: variants.build_network("softmax", "normal", fmt),
+    lambda fmt: variants.build_network("mlp", "he", fmt),
 ])
 @pytest.mark.parametrize("fmt", ["bfloat16", "float16"])
 def test_narrow_networks_compute_narrow_and_keep_float32_weights_and_logits(build, fmt):
@@ -72,7 +72,7 @@ def test_narrow_networks_compute_narrow_and_keep_float32_weights_and_logits(buil
 
 def test_float32_networks_have_no_extra_layer():
     """A float32 network is the one kdflow built before precision existed, so its runs repeat exactly."""
-    for network in (models.build_teacher(), models.build_student(), models.build_student("mlp", "he")):
+    for network in (variants.build_network(name, "he", "float32") for name in ("cnn", "softmax", "mlp")):
         assert {layer.compute_dtype for layer in network.layers} == {"float32"}
         assert not any(isinstance(layer, keras.layers.Activation) for layer in network.layers)
 
@@ -89,7 +89,7 @@ def test_float16_training_with_loss_scaling_learns_like_float32(fetched_mnist):
             return losses.hard_loss(labels, student(images, training=True), 1.0)
 
         arrays = (splits.train_images, splits.train_labels)
-        build = lambda precision: models.build_student("softmax", "zeros", precision)
+        build = lambda precision: variants.build_network("softmax", "zeros", precision)
         stored, result = training.train(build, objective, arrays, splits, config)
         assert {variable.dtype for variable in stored.weights} == {"float32"}
         assert {layer.compute_dtype for layer in stored.layers} == {"float32"}  # What is stored computes in float32.

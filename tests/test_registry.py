@@ -24,28 +24,36 @@ PROMOTE = """
 import sys, time
 import mlflow
 from kdflow import registry
-name, setup, alias, accuracy, source, start_at = sys.argv[1:]
+name, alias, accuracy, source, start_at = sys.argv[1:]
 client = mlflow.MlflowClient()
 time.sleep(max(0.0, float(start_at) - time.time()))  # Start together.
 version = client.create_model_version(name, source=source, run_id=source.split("/")[1]).version
-client.set_model_version_tag(name, version, registry.SETUP_TAG, setup)
+client.set_model_version_tag(name, version, registry.ALIAS_TAG, alias)
 client.set_model_version_tag(name, version, registry.VALIDATION_ACCURACY_TAG, accuracy)
-print(version, registry.crown_champion(name, setup, alias))
+print(version, registry.crown_champion(name, alias))
 """
 
 
-def test_names_and_aliases_keep_datasets_and_setups_apart():
-    assert registry.registered_name("distill", "mnist") == "kd-student"
-    assert registry.registered_name("student", "fashion_mnist") == "kd-student-fashion-mnist"
-    assert registry.registered_name("teacher", "fashion_mnist") == "kd-teacher-fashion-mnist"
+def test_names_and_aliases_keep_datasets_networks_and_setups_apart():
+    assert registry.registered_name("distill", DEFAULTS) == "kd-student"
+    assert registry.registered_name("student", Config(dataset="fashion_mnist")) == "kd-student-fashion-mnist"
+    assert registry.registered_name("teacher", Config(dataset="fashion_mnist")) == "kd-teacher-fashion-mnist"
+    assert registry.registered_name("student", Config(student_model="mlp", dataset="fashion_mnist")) == "kd-student-mlp-fashion-mnist"
     # Runs name their aliases from the configuration as they trained it, precision=auto resolved.
     default = DEFAULTS.resolved()
-    assert registry.champion_alias(default) == registry.champion_alias(Config(dataset="fashion_mnist").resolved()) == "champion"
+    assert registry.champion_alias("distill", default) == registry.champion_alias(
+        "student", Config(dataset="fashion_mnist", temperature=2, seed=13).resolved()) == "champion"
+    # Temperatures and teachers are what a champion is chosen over; everything else names its own.
+    assert registry.champion_alias("distill", Config(temperature=2, teacher_temperature=1)) == "champion"
     short = Config(num_steps=40, eval_every=20, learning_rate=0.0005, precision="float32")
-    assert registry.champion_alias(short) == "champion-steps40-batch128-lr0_0005-every20-float32"
+    assert registry.champion_alias("distill", short).startswith("champion-num_steps-40-learning_rate-0_0005-eval_every-20")
+    weighted = Config(loss="weighted", hard_label_weight=0.5)
+    assert registry.champion_alias("distill", weighted) == "champion-loss-weighted-hard_label_weight-0_5"
+    # A student alone has no loss or teacher: the distillation's parameters never name its alias.
+    assert registry.champion_alias("student", Config(teacher_initializer="he", recipe="tuned")) == "champion-recipe-tuned"
     # kdtf's setup in the format auto does not pick here is a setup of its own, with its own champion.
     other = "float32" if default.precision != "float32" else "bfloat16"
-    assert registry.champion_alias(dataclasses.replace(default, precision=other)).endswith(f"-every100-{other}")
+    assert registry.champion_alias("distill", dataclasses.replace(default, precision=other)) == f"champion-precision-{other}"
 
 
 def test_many_runs_finishing_at_once_leave_the_best_champion(tmp_path, monkeypatch):
@@ -63,18 +71,18 @@ def test_many_runs_finishing_at_once_leave_the_best_champion(tmp_path, monkeypat
         with pytest.raises(RuntimeError), mlflow.start_run() as failed:
             raise RuntimeError("stopped after registering its model")
         source, failed_source = f"runs:/{run.info.run_id}/model", f"runs:/{failed.info.run_id}/model"
-        setup, alias = DEFAULTS.setup(), registry.CHAMPION
+        alias = registry.CHAMPION
         accuracies = [0.90, 0.95, 0.91, 0.93, 0.97, 0.92, 0.94, 0.96]
         start_at = str(time.time() + 12)  # Time enough for every process to import MLflow first.
 
-        def promote(setup, alias, accuracy, source=source):
-            command = [sys.executable, "-c", PROMOTE, "kd-student", setup, alias, str(accuracy), source, start_at]
+        def promote(alias, accuracy, source=source):
+            command = [sys.executable, "-c", PROMOTE, "kd-student", alias, str(accuracy), source, start_at]
             return subprocess.Popen(command, env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
-        processes = [promote(setup, alias, accuracy) for accuracy in accuracies]
+        processes = [promote(alias, accuracy) for accuracy in accuracies]
         # A better student of another setup at the same moment: it must not take this setup's alias.
-        processes.append(promote(Config(num_steps=40).setup(), "champion-other", 0.99))
-        processes.append(promote(setup, alias, 0.999, failed_source))
+        processes.append(promote("champion-other", 0.99))
+        processes.append(promote(alias, 0.999, failed_source))
         for process in processes:
             _, errors = process.communicate(timeout=300)
             assert process.returncode == 0, errors[-3000:]

@@ -21,19 +21,21 @@ STUDENT = [0.88, 0.89, 0.90]  # 89.00 ± 1.00 (3), under every column
 FIXED_TEACHER_T5 = [0.92]  # distilled at T=5 from a teacher trained at T=1: a row of its own
 NAMED_TEACHER_T5 = [0.87]  # distilled at T=5 from a teacher named by its URI: a row of its own too
 DISTILL_T1 = [0.88]  # kdtf's way at T=1: its teacher trained at T=1, so it is in both rows
-MNIST = "mnist steps=5000 batch=128 lr=0.001 eval_every=100"
-FASHION = "fashion_mnist steps=5000 batch=128 lr=0.001 eval_every=100"
-KDTF, TUNED, KDTF_FASHION = f"kdtf: {MNIST}", f"tuned: {MNIST}", f"kdtf: {FASHION}"
-HINTON = f"tuned student_model=mlp teacher_initializer=he: {MNIST}"
+MNIST, FASHION = "mnist", "fashion_mnist"
+# Each table is labelled by the parameters its runs share that are not the defaults.
+KDTF, TUNED, KDTF_FASHION = "kdtf", "recipe=tuned", "dataset=fashion_mnist"
+HINTON = "recipe=tuned, student_model=mlp, teacher_initializer=he"
+FIXED, WEIGHTED = "Distillation (teacher_temperature=1)", "Distillation (loss=weighted, hard_label_weight=0.5)"
+NAMED = "Distillation (teacher=models:/kd-teacher/3)"
 
 EXPECTED_KDTF_TABLE = """\
 | Model | T=1 | T=2 | T=5 | kdtf T=2 | kdtf T=5 |
 |---|---|---|---|---|---|
 | Teacher | — | 98.00 ± 0.20 (3) | 98.12 (1) | 97.90 | 98.12 |
 | Distillation | 88.00 (1) | 89.50 ± 0.71 (2) | 91.00 ± 1.00 (3) | 89.14 | 90.77 |
-| Distillation (teacher T=1) | 88.00 (1) | — | 92.00 (1) | — | — |
-| Distillation (hard_label_weight=0.5) | — | — | 94.00 ± 1.41 (2) | — | — |
-| Distillation (teacher models:/kd-teacher/3) | — | — | 87.00 (1) | — | — |
+| Distillation (loss=weighted, hard_label_weight=0.5) | — | — | 94.00 ± 1.41 (2) | — | — |
+| Distillation (teacher=models:/kd-teacher/3) | — | — | 87.00 (1) | — | — |
+| Distillation (teacher_temperature=1) | 88.00 (1) | — | 92.00 (1) | — | — |
 | Student only | 89.00 ± 1.00 (3) | 89.00 ± 1.00 (3) | 89.00 ± 1.00 (3) | 88.84 | 88.84 |
 """
 
@@ -47,8 +49,8 @@ def log_run(experiment_id, kind, recipe, temperature, seed, accuracy=None, hard_
     ``networks`` holds the student_model and teacher_initializer parameters where not kdtf's.
     """
     with mlflow.start_run(experiment_id=experiment_id) as run:
-        mlflow.set_tags({"kdflow.kind": kind, "kdflow.recipe": recipe, "kdflow.setup": setup,
-                         "kdflow.code_version": version or tracking.code_version()})
+        mlflow.set_tags({"kdflow.kind": kind, "kdflow.code_version": version or tracking.code_version()})
+        networks = {"recipe": recipe, "dataset": setup} | (networks or {})
         params = canonical_params(temperature, seed, hard_label_weight, teacher_temperature, teacher, networks)
         mlflow.set_tag("kdflow.params", params)
         # `mlflow run` logs parameters as the user typed them; the table must not read these.
@@ -66,6 +68,7 @@ def canonical_params(temperature, seed, hard_label_weight, teacher_temperature=N
     params = {"temperature": str(float(temperature)), "seed": str(seed)} | (networks or {})
     if hard_label_weight is not None:
         params["hard_label_weight"] = hard_label_weight
+        params["loss"] = "weighted" if hard_label_weight else "kdtf"
     if teacher_temperature is not None:
         params["teacher_temperature"] = teacher_temperature
     if teacher is not None:
@@ -75,8 +78,8 @@ def canonical_params(temperature, seed, hard_label_weight, teacher_temperature=N
 
 def running_run(client, experiment_id, kind, recipe, temperature, accuracy, hard_label_weight=""):
     """Create a run that stays RUNNING, as a training job that has not finished yet."""
-    tags = {"kdflow.kind": kind, "kdflow.recipe": recipe, "kdflow.setup": MNIST,
-            "kdflow.params": canonical_params(temperature, 99, hard_label_weight), "kdflow.code_version": tracking.code_version()}
+    tags = {"kdflow.kind": kind, "kdflow.params": canonical_params(temperature, 99, hard_label_weight, networks={"recipe": recipe}),
+            "kdflow.code_version": tracking.code_version()}
     run_id = client.create_run(experiment_id, tags=tags).info.run_id
     client.log_metric(run_id, "test_accuracy", accuracy)
     return run_id
@@ -146,7 +149,7 @@ def tables(store):
     client, experiment, ids = store
     records = results.collect_runs(experiment, ids["calling"][0], client=client)
     this_version = [record for record in records if record.code_version == tracking.code_version()]
-    return {table.recipe: table for table in results.build_tables(this_version)}
+    return {table.label: table for table in results.build_tables(this_version)}
 
 
 def test_collect_counts_finished_runs_and_the_calling_run_only(store):
@@ -161,20 +164,19 @@ def test_collect_counts_finished_runs_and_the_calling_run_only(store):
 def test_cells_hold_exact_statistics_and_their_run_ids(store, tables):
     _, _, ids = store
     table = tables[KDTF]
-    assert table.rows == ("Teacher", "Distillation", "Distillation (teacher T=1)", "Distillation (hard_label_weight=0.5)",
-                          "Distillation (teacher models:/kd-teacher/3)", "Student only")
+    assert table.rows == ("Teacher", "Distillation", WEIGHTED, NAMED, FIXED, "Student only")
     assert table.temperatures == (1.0, 2.0, 5.0)
     expected = {  # (row, temperature): (mean, std, run ids)
         ("Teacher", 2.0): (98.0, 0.2, ids["teacher T=2"]),
         ("Teacher", 5.0): (98.12, None, ids["teacher T=5"]),
         ("Distillation", 2.0): (89.5, 0.5 ** 0.5, ids["distill T=2"]),
         ("Distillation", 5.0): (91.0, 1.0, ids["distill T=5"] + ids["calling"]),
-        ("Distillation (hard_label_weight=0.5)", 5.0): (94.0, 2 ** 0.5, ids["hard_label_weight T=5"]),
-        ("Distillation (teacher T=1)", 5.0): (92.0, None, ids["fixed teacher T=5"]),
-        ("Distillation (teacher models:/kd-teacher/3)", 5.0): (87.0, None, ids["named teacher T=5"]),
+        (WEIGHTED, 5.0): (94.0, 2 ** 0.5, ids["hard_label_weight T=5"]),
+        (FIXED, 5.0): (92.0, None, ids["fixed teacher T=5"]),
+        (NAMED, 5.0): (87.0, None, ids["named teacher T=5"]),
         ("Distillation", 1.0): (88.0, None, ids["distill T=1"]),
         # The same run: with the teacher at its own T it is the fixed-teacher curve's point at T=1.
-        ("Distillation (teacher T=1)", 1.0): (88.0, None, ids["distill T=1"]),
+        (FIXED, 1.0): (88.0, None, ids["distill T=1"]),
         ("Student only", 1.0): (89.0, 1.0, ids["student"]),
         ("Student only", 2.0): (89.0, 1.0, ids["student"]),
         ("Student only", 5.0): (89.0, 1.0, ids["student"]),
@@ -187,7 +189,7 @@ def test_cells_hold_exact_statistics_and_their_run_ids(store, tables):
         assert cell.n == len(run_ids)
         assert set(cell.run_ids) == set(run_ids)
     assert table.cell("Distillation", 5.0).reference == 90.77
-    assert table.cell("Distillation (hard_label_weight=0.5)", 5.0).reference is None
+    assert table.cell(WEIGHTED, 5.0).reference is None
     assert table.cell("Distillation", 5.0).errors == pytest.approx(10_000 - 100 * expected[("Distillation", 5.0)][0])
 
 
@@ -208,12 +210,12 @@ def test_setups_and_recipes_are_kept_apart_but_share_teachers(store, tables):
 def test_mlp_students_and_their_teacher_have_a_table_of_their_own_beside_hinton_et_al(store, tables):
     _, _, ids = store
     hinton = tables[HINTON]
-    assert hinton.reference == "Hinton et al." and tables[KDTF].reference == tables[TUNED].reference == "kdtf"
-    assert hinton.rows == ("Teacher", "Distillation", "Distillation (teacher T=1)", "Student only")
+    assert hinton.reference.source == "Hinton et al." and tables[KDTF].reference.source == tables[TUNED].reference.source == "kdtf"
+    assert hinton.rows == ("Teacher", "Distillation", FIXED, "Student only")
     assert hinton.temperatures == (1.0, 20.0)
     assert hinton.cell("Teacher", 1.0).run_ids == tuple(ids["he teacher"])
     assert hinton.cell("Teacher", 1.0).reference == pytest.approx(99.33)  # 67 errors
-    fixed_teacher = hinton.cell("Distillation (teacher T=1)", 20.0)
+    fixed_teacher = hinton.cell(FIXED, 20.0)
     assert set(fixed_teacher.run_ids) == set(ids["mlp distill T=20"])
     assert fixed_teacher.errors == pytest.approx(135) and fixed_teacher.reference == pytest.approx(99.26)
     assert hinton.cell("Student only", 20.0).errors == pytest.approx(180)
@@ -222,18 +224,19 @@ def test_mlp_students_and_their_teacher_have_a_table_of_their_own_beside_hinton_
     assert tables[KDTF].cell("Teacher", 1.0) is None
     assert tables[TUNED].cell("Student only", 5.0).run_ids == tuple(ids["tuned student"])
     markdown = results.render_markdown([hinton])
-    assert "| Model | T=1 | T=20 | Hinton et al. (distilled at T=20) |" in markdown
-    assert ("| Distillation (teacher T=1) | 98.30 (1), 170 errors | 98.65 ± 0.07 (2), 135 errors | 99.26, 74 errors |"
+    assert "| Model | T=1 | T=20 | Hinton et al. T=1 | Hinton et al. T=20 |" in markdown
+    assert (f"| {FIXED} | 98.30 (1), 170 errors | 98.65 ± 0.07 (2), 135 errors | — | 99.26, 74 errors |"
             in markdown)
-    assert "| Student only | 98.20 ± 0.07 (2), 180 errors | 98.20 ± 0.07 (2), 180 errors | 98.54, 146 errors |" in markdown
+    assert ("| Student only | 98.20 ± 0.07 (2), 180 errors | 98.20 ± 0.07 (2), 180 errors | 98.54, 146 errors "
+            "| 98.54, 146 errors |") in markdown
 
 
 def test_markdown_shows_each_recipe_with_the_kdtf_numbers(tables):
     markdown = results.render_markdown(list(tables.values()))
-    assert f"## Recipe `{KDTF}`\n\n" + EXPECTED_KDTF_TABLE in markdown
+    assert f"## `{KDTF}`\n\n" + EXPECTED_KDTF_TABLE in markdown
     assert "| Student only | 81.00 ± 1.41 (2) | 88.84 | 88.84 |" in markdown
     assert "| Teacher | 91.00 (1) | 97.90 | 98.12 |" in markdown
-    assert f"## Recipe `{TUNED}`" in markdown and "| Student only | 85.00 (1) | 85.00 (1) | 88.84 | 88.84 |" in markdown
+    assert f"## `{TUNED}`" in markdown and "| Student only | 85.00 (1) | 85.00 (1) | 88.84 | 88.84 |" in markdown
 
 
 def test_written_files_agree_with_each_other_and_the_markdown(tables, tmp_path):
@@ -245,7 +248,7 @@ def test_written_files_agree_with_each_other_and_the_markdown(tables, tmp_path):
     json_rows = json.loads(paths[2].read_text(encoding="utf-8"))
     assert len(csv_rows) == len(json_rows) == sum(len(table.cells) for table in tables.values()) == 24
     for csv_row, json_row in zip(csv_rows, json_rows):
-        assert csv_row["recipe"] == json_row["recipe"] and csv_row["row"] == json_row["row"]
+        assert csv_row["table"] == json_row["table"] and csv_row["row"] == json_row["row"]
         assert float(csv_row["mean"]) == json_row["mean"]
         assert (float(csv_row["std"]) if csv_row["std"] else None) == json_row["std"]
         assert int(csv_row["n"]) == json_row["n"] == len(json_row["run_ids"])
@@ -253,10 +256,10 @@ def test_written_files_agree_with_each_other_and_the_markdown(tables, tmp_path):
         assert (float(csv_row["reference"]) if csv_row["reference"] else None) == json_row["reference"]
         assert float(csv_row["errors"]) == json_row["errors"]
         # The markdown line of this row in this recipe's table must show the same numbers.
-        section = markdown.split(f"## Recipe `{json_row['recipe']}`")[1].split("## ")[0]
+        section = markdown.split(f"## `{json_row['table']}`")[1].split("## ")[0]
         line = next(line for line in section.splitlines() if line.startswith(f"| {json_row['row']} |"))
         spread = f" ± {json_row['std']:.2f}" if json_row["std"] is not None else ""
-        errors = f", {json_row['errors']:.0f} errors" if "student_model=mlp" in json_row["recipe"] else ""
+        errors = f", {json_row['errors']:.0f} errors" if "student_model=mlp" in json_row["table"] else ""
         assert f"| {json_row['mean']:.2f}{spread} ({json_row['n']}){errors} |" in line
     assert paths[3].read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
 
@@ -267,9 +270,9 @@ def test_writing_twice_replaces_the_files(tables, tmp_path):
     assert first[:3] == second[:3]
     results.write_results([], tmp_path)
     assert "No finished runs yet" in (tmp_path / "results.md").read_text(encoding="utf-8")
-    assert "Recipe" not in (tmp_path / "results.md").read_text(encoding="utf-8")
+    assert "## " not in (tmp_path / "results.md").read_text(encoding="utf-8")
     assert (tmp_path / "results.csv").read_text(encoding="utf-8").splitlines() == [
-        "recipe,row,temperature,mean,std,n,errors,reference,run_ids"]
+        "table,row,temperature,mean,std,n,errors,reference,run_ids"]
     assert json.loads((tmp_path / "results.json").read_text(encoding="utf-8")) == []
 
 
@@ -289,8 +292,8 @@ def test_regenerate_from_inside_the_calling_run(store, tmp_path):
     log_run(experiment, "distill", "kdtf", 5, 0, 0.90, hard_label_weight="")
     log_run(experiment, "distill", "kdtf", 5, 7, 0.10, hard_label_weight="", version="0123456789abcdef")
     with mlflow.start_run(experiment_id=experiment) as run:
-        mlflow.set_tags({"kdflow.kind": "distill", "kdflow.recipe": "kdtf", "kdflow.setup": MNIST,
-                         "kdflow.params": canonical_params(5, 1, ""), "kdflow.code_version": tracking.code_version()})
+        mlflow.set_tags({"kdflow.kind": "distill", "kdflow.params": canonical_params(5, 1, ""),
+                         "kdflow.code_version": tracking.code_version()})
         mlflow.log_metric("test_accuracy", 0.92)
         markdown, tables = results.regenerate(experiment, tmp_path, include_run_id=run.info.run_id)
     assert run.info.run_id in tables[0].cell("Distillation", 5.0).run_ids

@@ -17,7 +17,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from kdflow import sweeps, tracking, trials
+from kdflow import experiments, sweeps, tracking, trials
 from scripts.servers import free_port
 from tests.conftest import MLFLOW, ROOT, SHORT, serving
 
@@ -62,8 +62,8 @@ def children(parent_run_id: str):
 def test_asha_stops_weak_distillations_early_and_no_stopped_run_counts(cluster, own_experiment, tmp_path):
     # One teacher (at T=2) for a grid of distillations over temperature and loss weight; ASHA
     # compares the distillations only, at every evaluation each reports to Ray Tune.
-    process = sweep(cluster, own_experiment, tmp_path, kinds="teacher,distill", temperatures="1,8",
-                    hard_label_weights="0.1,0.9", seeds="12", teacher_temperature="2", scheduler="asha",
+    process = sweep(cluster, own_experiment, tmp_path, kinds="teacher,distill", temperature="1,8", loss="weighted",
+                    hard_label_weight="0.1,0.9", seed="12", teacher_temperature="2", scheduler="asha",
                     num_steps="60", eval_every="10")
     assert process.returncode == 0, process.stdout[-3000:] + process.stderr[-5000:]
     (parent,) = sweep_runs_in_experiment()
@@ -90,7 +90,7 @@ def test_asha_stops_weak_distillations_early_and_no_stopped_run_counts(cluster, 
 
 
 def test_multi_node_sweep_refuses_a_local_tracking_store(cluster, tmp_path):
-    process = sweep(cluster, f"sqlite:///{tmp_path}/mlflow.db", tmp_path, temperatures="2")
+    process = sweep(cluster, f"sqlite:///{tmp_path}/mlflow.db", tmp_path, temperature="2")
     assert process.returncode != 0
     assert "2 nodes" in process.stderr and "mlflow server" in process.stderr
 
@@ -107,9 +107,10 @@ def test_sweeps_that_cannot_run_are_refused_naming_the_parameter(cluster, own_ex
 
 
 def test_trials_that_fail_for_good_are_failed_runs_and_fail_the_sweep(cluster, own_experiment, tmp_path):
-    process = sweep(cluster, own_experiment, tmp_path, kinds="student", seeds="12,13", data_dir=str(tmp_path / "missing"))
+    process = sweep(cluster, own_experiment, tmp_path, kinds="student", seed="12,13", data_dir=str(tmp_path / "missing"))
     assert process.returncode != 0
-    assert "2 of 2 trials failed: student-seed12, student-seed13" in process.stderr, process.stderr[-3000:]
+    assert ("2 of 2 trials failed: student-seed12-num_steps=40-eval_every=20, student-seed13-num_steps=40-eval_every=20"
+            in process.stderr), process.stderr[-3000:]
     (parent,) = sweep_runs_in_experiment()
     assert parent.info.status == "FAILED"
     trials = children(parent.info.run_id)
@@ -135,9 +136,8 @@ def test_trial_threads_and_gpu_memory_growth(monkeypatch):
 
 
 def test_sweep_plan_and_the_order_trials_start_in_without_a_barrier():
-    sweep_config, recipe = sweeps.parse_args(["--temperatures", "2,5", "--seeds", "12,13", "--num_steps", "7"])
-    planned = sweeps.plan(sweep_config, recipe)
-    assert [trial.name for trial in planned] == [
+    planned = sweeps.plan(experiments.parse_args(["--temperature", "2,5", "--seed", "12,13", "--num_steps", "7"]))
+    assert [trial.name.removesuffix("-num_steps=7") for trial in planned] == [
         "teacher-T2-seed12", "teacher-T2-seed13", "teacher-T5-seed12", "teacher-T5-seed13", "student-seed12",
         "student-seed13", "distill-T2-seed12", "distill-T2-seed13", "distill-T5-seed12", "distill-T5-seed13",
     ]
@@ -148,46 +148,54 @@ def test_sweep_plan_and_the_order_trials_start_in_without_a_barrier():
     queue = trials.TrialQueue(planned, {"tracking_uri": "sqlite:///x.db"})
     started = {f"t{number}": queue.suggest(f"t{number}") for number in range(4)}
     assert [space["trial"].name for space in started.values()] == [trial.name for trial in planned[:4]]
+    short = "-num_steps=7"
     assert started["t0"]["tracking_uri"] == "sqlite:///x.db"
-    assert queue.suggest("t4")["trial"].name == "student-seed12"
+    assert queue.suggest("t4")["trial"].name == "student-seed12" + short
     queue.on_trial_complete("t2", {"test_accuracy": 0.9, "run_id": "r"})  # teacher-T5-seed12 finished
     queue.on_trial_complete("t0", {"error": "ValueError: bad"})  # teacher-T2-seed12 failed for good
-    assert queue.suggest("t5")["trial"].name == "distill-T5-seed12"
-    assert queue.suggest("t6")["trial"].name == "student-seed13"
+    assert queue.suggest("t5")["trial"].name == "distill-T5-seed12" + short
+    assert queue.suggest("t6")["trial"].name == "student-seed13" + short
     assert queue.suggest("t7") is None  # The rest wait for teachers still training.
     queue.on_trial_complete("t1", None, error=True)  # teacher-T2-seed13: its worker died three times
     queue.on_trial_complete("t3", {"test_accuracy": 0.9, "run_id": "r"})
-    assert queue.suggest("t8")["trial"].name == "distill-T5-seed13"
+    assert queue.suggest("t8")["trial"].name == "distill-T5-seed13" + short
     assert queue.suggest("t9") == queue.FINISHED
     assert sorted((result.trial.name, result.outcome, result.error) for result in queue.not_started) == [
-        ("distill-T2-seed12", trials.Outcome.FAILED, "its teacher's trial failed"),
-        ("distill-T2-seed13", trials.Outcome.FAILED, "its teacher's trial failed"),
+        ("distill-T2-seed12" + short, trials.Outcome.FAILED, "its teacher's trial failed"),
+        ("distill-T2-seed13" + short, trials.Outcome.FAILED, "its teacher's trial failed"),
     ]
 
     # A grid over loss weights: one distillation per weight, each named by it; teachers are shared.
-    sweep_config, recipe = sweeps.parse_args(["--temperatures", "2", "--seeds", "12", "--kinds", "teacher,distill",
-                                              "--hard_label_weights", "0.1,0.5"])
-    assert [trial.name for trial in sweeps.plan(sweep_config, recipe)] == [
-        "teacher-T2-seed12", "distill-T2-w0.1-seed12", "distill-T2-w0.5-seed12"
+    grid = experiments.parse_args(["--temperature", "2", "--seed", "12", "--kinds", "teacher,distill",
+                                   "--loss", "weighted", "--hard_label_weight", "0.1,0.5"])
+    assert [trial.name for trial in sweeps.plan(grid)] == [
+        "teacher-T2-seed12", "distill-T2-seed12-loss=weighted-hard_label_weight=0.1",
+        "distill-T2-seed12-loss=weighted-hard_label_weight=0.5",
+    ]
+    # A grid over any parameter: two student networks and two learning rates, four of each kind.
+    grid = experiments.parse_args(["--temperature", "5", "--seed", "12", "--student_model", "softmax,mlp",
+                                   "--learning_rate", "0.001,0.01", "--kinds", "student"])
+    assert [trial.name for trial in sweeps.plan(grid)] == [
+        "student-seed12", "student-seed12-learning_rate=0.01", "student-seed12-student_model=mlp",
+        "student-seed12-student_model=mlp-learning_rate=0.01",
     ]
     # With one teacher temperature, the distillations at every T all learn from that teacher.
-    sweep_config, recipe = sweeps.parse_args(["--temperatures", "2,5", "--seeds", "12", "--teacher_temperature", "1",
-                                              "--recipe", "tuned"])
-    teacher, *rest = sweeps.plan(sweep_config, recipe)
+    teacher, *rest = sweeps.plan(experiments.parse_args(["--temperature", "2,5", "--seed", "12", "--teacher_temperature", "1",
+                                                         "--recipe", "tuned"]))
     assert teacher.config.temperature == 1.0 and "recipe" not in teacher.config.params("teacher")
     distills = [trial.config for trial in rest if trial.kind == "distill"]
     assert [(c.temperature, c.teacher_temperature, c.recipe) for c in distills] == [(2.0, 1.0, "tuned"), (5.0, 1.0, "tuned")]
-    assert [trial.name for trial in rest] == ["student-seed12-tuned", "distill-T2-teacherT1-seed12-tuned",
-                                              "distill-T5-teacherT1-seed12-tuned"]
+    assert [trial.name for trial in rest] == ["student-seed12-recipe=tuned", "distill-T2-seed12-recipe=tuned-teacher_temperature=1",
+                                              "distill-T5-seed12-recipe=tuned-teacher_temperature=1"]
     assert {trial.teacher_key() for trial in [teacher] + rest if trial.kind != "student"} == {teacher.teacher_key()}
     # A teacher at one of the sweep's own temperatures is kdtf's teacher there, and each other T learns from it.
-    sweep_config, recipe = sweeps.parse_args(["--temperatures", "2,5", "--seeds", "12", "--teacher_temperature", "5"])
-    planned = sweeps.plan(sweep_config, recipe)
+    planned = sweeps.plan(experiments.parse_args(["--temperature", "2,5", "--seed", "12", "--teacher_temperature", "5"]))
     assert [trial.config.teacher_config().temperature for trial in planned if trial.kind == "distill"] == [5.0, 5.0]
-    for argv, named in ((["--temperatures", "-2"], "temperatures"), (["--kinds", "teacher,professor"], "kinds"),
-                        (["--hard_label_weights", "0.5,1.5"], "hard_label_weights"), (["--scheduler", "pbt"], "scheduler")):
+    for argv, named in ((["--temperature", "-2"], "temperature"), (["--kinds", "teacher,professor"], "kinds"),
+                        (["--loss", "weighted", "--hard_label_weight", "0.5,1.5"], "hard_label_weight"),
+                        (["--scheduler", "pbt"], "scheduler")):
         with pytest.raises(ValueError, match=named):
-            sweeps.parse_args(argv)
+            experiments.parse_args(argv)
 
 
 def sweep_runs_in_experiment():

@@ -62,7 +62,7 @@ def test_mlflow_ui_shows_runs_metrics_artifacts_and_alias(browser, ui, store, sc
     # The experiment lists the runs by name. The teacher that the first distillation trained is
     # its child run (MLflow's multistep pattern), shown once a person expands that row.
     page.goto(f"{ui}/#/experiments/{experiment_id}/runs")
-    for name in ("student-seed12", "distill-T5-seed12"):
+    for name in ("student-seed12-num_steps=40-eval_every=20", "distill-T5-seed12-num_steps=40-eval_every=20"):
         page.get_by_text(name, exact=True).first.wait_for(timeout=60_000)
     assistant = page.get_by_role("button", name="Close", exact=True)  # MLflow's chat panel: not needed here.
     if assistant.count():
@@ -70,7 +70,7 @@ def test_mlflow_ui_shows_runs_metrics_artifacts_and_alias(browser, ui, store, sc
     rows_with_children = page.locator("[role=row] button[data-component-id*='runnamecellrenderer']")
     for index in range(rows_with_children.count()):
         rows_with_children.nth(index).click()
-    for name in ("teacher-T5-seed12", "student-seed12", "distill-T5-seed12"):
+    for name in (f"{kind}-num_steps=40-eval_every=20" for kind in ("teacher-T5-seed12", "student-seed12", "distill-T5-seed12")):
         page.get_by_text(name, exact=True).first.wait_for(timeout=60_000)
     page.screenshot(path=screenshots / "experiment-runs.png")
 
