@@ -69,7 +69,7 @@ def breakdown(sweep_run, wall_seconds: float) -> tuple[dict[str, float], list, i
         in_run = (trial.info.end_time - trial.info.start_time) / 1000
         parts["tracking"] += in_run - metrics["train_seconds"] - metrics["evaluation_seconds"] - metrics.get(
             "teacher_logits_seconds", 0.0)
-    slots = int(os.cpu_count() // float(sweep_run.data.params.get("cpus_per_trial", "1")))
+    slots = int(os.cpu_count() // float(sweep_run.data.params.get("params.cpus_per_trial", "1")))
     parts["orchestration"] = slots * wall_seconds - sum(parts.values())
     return parts, trials, slots
 

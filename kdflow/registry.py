@@ -147,8 +147,8 @@ def registered_name(kind: str, config: Config) -> str:
 
 def champion_alias(kind: str, config: Config) -> str:
     """The alias of the best student of this kind trained as ``config`` says, whatever its
-    temperatures, seed and teacher run: ``champion`` with kdtf's recipe, loss, teacher network and setup (in the format
-    ``auto`` picks here), else named by every parameter that differs, e.g.
+    temperatures, seed and teacher run: ``champion`` with kdtf's recipe, loss, teacher network and
+    setup (in the format ``auto`` picks here), else named by every parameter that differs, e.g.
     ``champion-num_steps-40-eval_every-20`` or ``champion-loss-weighted-hard_label_weight-0_5``.
     A new parameter or variant therefore never shares kdtf's alias."""
     names = [name for name in KIND_PARAMETERS[kind] if name not in CHOSEN_OVER + ("student_model", "dataset")]

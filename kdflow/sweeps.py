@@ -25,7 +25,7 @@ import mlflow
 import pandas as pd
 import ray
 
-from kdflow import cards, experiments, liveness, registry, results, runs, tracking, trials, variants
+from kdflow import cards, checks, liveness, registry, results, runs, tracking, trials, variants
 from kdflow.config import KINDS, to_text
 from kdflow.experiments import Experiment, SweepConfig
 from kdflow.trials import Outcome, Trial, TrialResult
@@ -248,9 +248,10 @@ def run_trials(experiment: Experiment) -> list[TrialResult]:
 def describe_sweep(experiment: Experiment) -> None:
     """Name the sweep run after its experiment, log its parameters (those ``mlflow run`` has not
     logged already) and the resolved experiment as ``experiment.yaml``, which runs it again."""
-    shared = {name: to_text(value) for name, value in experiment.params.items()}
-    grid = {name: to_text(values) for name, values in experiment.grid.items()}
-    runs.log_params(shared | grid | {name: to_text(value) for name, value in vars(experiment.sweep).items()})
+    # Under `mlflow run` every parameter of the entry point is logged already, empty where the file
+    # gives it; what the file and the overrides made of them is logged beside, as params.* and grid.*.
+    shared = {f"params.{name}": to_text(value) for name, value in (experiment.params | vars(experiment.sweep)).items()}
+    runs.log_params(shared | {f"grid.{name}": to_text(values) for name, values in experiment.grid.items()})
     runs.name_run(
         f"sweep-{experiment.name}",
         f"{experiment.description.strip()}\n\nEvery trial is a child run; trials.csv says which were trained, reused "
@@ -260,14 +261,14 @@ def describe_sweep(experiment: Experiment) -> None:
     mlflow.log_text(experiment.to_yaml(), "experiment.yaml")
 
 
-def check_expected(experiment: Experiment, outcomes: list[TrialResult]) -> experiments.Check:
+def check_expected(experiment: Experiment, outcomes: list[TrialResult]) -> checks.Check:
     """Compare the expected cells with the table of this sweep's own trials (other runs of the
     experiment, such as another seed run by hand, would move a cell); record and print the result."""
     version = tracking.code_version()
     mine = {outcome.run_id for outcome in outcomes if outcome.outcome in (Outcome.TRAINED, Outcome.REUSED)}
     records = results.collect_runs(mlflow.active_run().info.experiment_id)
     tables = results.build_tables([r for r in records if r.run_id in mine and r.code_version == version])
-    check = experiments.check(experiment.expected, tables)
+    check = checks.check(experiment.expected, tables)
     mlflow.log_text(check.markdown(), "check.md")
     mlflow.set_tag(CHECK_TAG, check.tag())
     print(check.line(), flush=True)
@@ -299,6 +300,6 @@ def run_sweep(experiment: Experiment) -> list[TrialResult]:
             raise runs.PartlyFailed(
                 f"{len(failed)} of {len(outcomes)} trials failed: {', '.join(sorted(failed))}; each failed run holds its error"
             )
-        if experiment.sweep.check == "strict" and not check.passed:
+        if check.fails(experiment.sweep.check):
             raise runs.PartlyFailed(f"{check.line()} (check=strict); check.md on the sweep run says which")
     return outcomes

@@ -6,6 +6,7 @@ the runs are tracked, linked, repeatable and usable.
 """
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -299,11 +300,15 @@ def test_main_entry_point_reproduces_the_table_from_finished_runs(store):
     # kdtf's expected cells are of 5000-step runs: far from this 40-step table at T=2, missing at T=5, and recorded.
     assert "check: 0 within, 3 outside, 3 missing of 6 expected cells" in process.stdout
     assert sweep.data.tags["kdflow.check"].startswith("failed")
-    # The resolved experiment, logged by the sweep, runs the same trials again: every one reused.
-    again = [MLFLOW, "run", str(ROOT), "--env-manager", "local", "-P", f"experiment=runs:/{sweep.info.run_id}/experiment.yaml"]
-    process = succeeded(subprocess.run(again, cwd=store.folder, env=store.env, capture_output=True, text=True, timeout=900))
+    # The resolved experiment, logged by the sweep, runs the same trials again: every one reused. With
+    # check=strict, the cells outside their tolerance fail the sweep, once everything is recorded.
+    again = [MLFLOW, "run", str(ROOT), "--env-manager", "local", "-P", f"experiment=runs:/{sweep.info.run_id}/experiment.yaml",
+             "-P", "check=strict"]
+    process = subprocess.run(again, cwd=store.folder, env=store.env, capture_output=True, text=True, timeout=900)
+    assert process.returncode == 1 and "check: 0 within, 3 outside, 3 missing of 6 expected cells (check=strict)" in process.stderr
     assert {kind: len(store.runs(kind)) for kind in counts} == counts
-    rerun = mlflow.get_run(run_id_of(process))
+    rerun = mlflow.get_run(re.findall(r"=== Run \(ID '(\w+)'\) failed ===", process.stderr)[-1])
+    assert rerun.info.status == "FAILED" and rerun.data.tags["kdflow.check"] == sweep.data.tags["kdflow.check"]
     rerun_trials = Path(mlflow.artifacts.download_artifacts(run_id=rerun.info.run_id, artifact_path="trials.csv")).read_text()
     assert [line.split(",")[:4] for line in rerun_trials.splitlines()] == [line.split(",")[:4] for line in trials.splitlines()]
     assert "over 2 seed(s), row \"Student only\"" in card(store.student_id)

@@ -4,6 +4,7 @@ are checked against results tables (stand-ins here: nothing trains, no server st
 
 import dataclasses
 import json
+import os
 import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from kdflow import experiments
+from kdflow import checks, experiments
 from kdflow.config import DEFAULTS, Config
 from kdflow.experiments import ROOT, SweepConfig
 
@@ -381,7 +382,7 @@ def test_check_within_and_outside():
         {"row": "Teacher", "temperature": 2.0, "accuracy": 98.09, "tolerance": 0.3},
         {"row": "Distillation", "temperature": 5.0, "accuracy": 90.80, "tolerance": 0.3},
     )
-    result = experiments.check(expected, [FLOAT32])
+    result = checks.check(expected, [FLOAT32])
     assert [cell.status for cell in result.cells] == ["within", "outside"]
     assert result.counts == {"within": 1, "outside": 1, "missing": 0}
     assert result.line() == "check: 1 within, 1 outside, 0 missing of 2 expected cells"
@@ -392,7 +393,7 @@ def test_check_within_and_outside():
 
 def test_a_difference_equal_to_the_tolerance_is_within():
     expected = expected_cells({"row": "Teacher", "temperature": 2.0, "accuracy": 98.4, "tolerance": 0.3})
-    assert experiments.check(expected, [FLOAT32]).cells[0].status == "within"
+    assert checks.check(expected, [FLOAT32]).cells[0].status == "within"
 
 
 def test_check_missing_row_no_table_and_ambiguous_selector():
@@ -402,7 +403,7 @@ def test_check_missing_row_no_table_and_ambiguous_selector():
         {"row": "Teacher", "temperature": 2.0, "accuracy": 98.09, "tolerance": 0.3, "table": {"recipe": "kdtf"}},
         {"row": "Teacher", "temperature": 2.0, "accuracy": 98.40, "tolerance": 0.3, "table": {"precision": "bfloat16"}},
     )
-    result = experiments.check(expected, [FLOAT32, BFLOAT16])
+    result = checks.check(expected, [FLOAT32, BFLOAT16])
     statuses = [cell.status for cell in result.cells]
     assert statuses == ["missing", "missing", "missing", "within"]
     no_selector, no_table, ambiguous, found = result.cells
@@ -414,23 +415,23 @@ def test_check_missing_row_no_table_and_ambiguous_selector():
     assert result.tag() == "incomplete: 3 missing"
     assert not result.passed and result.fails("strict")
 
-    only_float32 = experiments.check(expected_cells(expected["cells"][0]), [FLOAT32]).cells[0]
+    only_float32 = checks.check(expected_cells(expected["cells"][0]), [FLOAT32]).cells[0]
     assert only_float32.status == "missing" and "no cell Student only at T=2" in only_float32.reason
-    assert experiments.check(expected_cells(expected["cells"][0]), []).cells[0].reason == "there is no results table"
+    assert checks.check(expected_cells(expected["cells"][0]), []).cells[0].reason == "there is no results table"
 
 
 def test_check_passes_when_every_cell_is_within():
     expected = experiments.load("experiments/precision.yaml", {}).expected
     float32 = {(c["row"], c["temperature"]): c["accuracy"] + 0.1 for c in expected["cells"] if c["table"]["precision"] == "float32"}
     bfloat16 = {(c["row"], c["temperature"]): c["accuracy"] - 0.1 for c in expected["cells"] if c["table"]["precision"] == "bfloat16"}
-    result = experiments.check(expected, [table("f", float32), table("b", bfloat16, precision="bfloat16")])
+    result = checks.check(expected, [table("f", float32), table("b", bfloat16, precision="bfloat16")])
     assert result.passed and not result.fails("strict")
     assert result.tag() == "passed"
     assert result.line() == "check: 10 within, 0 outside, 0 missing of 10 expected cells"
 
 
 def test_check_with_nothing_expected():
-    result = experiments.check({}, [FLOAT32])
+    result = checks.check({}, [FLOAT32])
     assert result.line() == "check: no expected results, nothing to check"
     assert result.tag() == "none" and result.passed and not result.fails("strict")
 
@@ -440,7 +441,23 @@ def test_check_markdown_shows_each_cell():
         {"row": "Teacher", "temperature": 2.0, "accuracy": 98.09, "tolerance": 0.3},
         {"row": "Teacher", "temperature": 10.0, "accuracy": 98.0, "tolerance": 0.3},
     )
-    lines = experiments.check(expected, [FLOAT32]).markdown().splitlines()
+    lines = checks.check(expected, [FLOAT32]).markdown().splitlines()
     assert lines[0] == "| table | row | T | expected (%) | measured (%) | difference | status | runs |"
     assert lines[2] == "| kdtf float32 | Teacher | 2 | 98.09 ± 0.3 | 98.10 ± 0.10 (3) | +0.01 | within | a, b, c |"
     assert lines[3].startswith("| kdtf float32 | Teacher | 10 | 98.00 ± 0.3 | — | — | missing: the table has no cell")
+
+
+def test_a_bad_file_exits_2_from_the_sweep_entry_point_before_any_cluster(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("description: a grid of one refused value\ngrid:\n  temperature: [2, -1]\n")
+    started = time.monotonic()
+    process = subprocess.run([sys.executable, str(ROOT / "entrypoints" / "sweep.py"), "--experiment", str(bad)],
+                             cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                             env={**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"})
+    assert process.returncode == 2
+    assert f"kdflow sweep: error: {bad}, line 3: grid.temperature: temperature must be a finite number > 0" in process.stderr
+    assert "Started a local Ray instance" not in process.stderr and time.monotonic() - started < 120

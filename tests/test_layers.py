@@ -22,7 +22,7 @@ LAYERS = (
     ("config", "training"),  # the parameters; the training loop
     ("tracking", "store"),  # what a run stores, its reuse key and when it is complete; the SQLite file set up
     ("registry",),  # logged models, and the champion alias, which only a complete run's version holds
-    ("jobs", "results", "predict"),  # train; tabulate the tracked runs; answer for image files
+    ("jobs", "results", "predict", "checks"),  # train; tabulate the tracked runs; answer for image files; check expected cells
     ("cards",),  # a registered student's model card, from its run and its results-table cell
     ("liveness",),  # where each run's process runs, its heartbeat, and ending the runs whose process is gone
     ("runs",),  # one job inside one tracked run
