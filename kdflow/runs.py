@@ -27,7 +27,7 @@ from kdflow.jobs import JOBS
 DESCRIPTION_TAG = "mlflow.note.content"
 EXPERIMENT_KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 DESCRIPTIONS = {
-    "teacher": "Teacher: the {teacher_model} network trained on the hard labels at T={temperature:g} for {num_steps} "
+    "teacher": "Teacher: the {teacher_model} teacher trained on the hard labels at T={temperature:g} for {num_steps} "
     "steps (seed {seed}, initialiser {teacher_initializer}). Its logits on the training images (teacher_logits.npy) are the soft "
     "targets of the distillations naming it.",
     "student": "Student only: the {student_model} student trained on the hard labels alone, at T=1, for {num_steps} "

@@ -18,7 +18,6 @@ import os
 import socket
 import time
 import urllib.parse
-from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
@@ -194,8 +193,10 @@ def finished_trials(planned: list[Trial], experiment_id: str) -> list[tuple[Tria
         if trial.kind != "distill":
             continue
         if trial.config.teacher:
-            teacher_run = mlflow.get_run(registry.resolve(trial.config.teacher, "teacher").run_id)
-            found.append(lookup(trial, teacher_run.data.tags.get(tracking.TEACHER_LOGITS_DIGEST_TAG, "")))
+            # A named teacher's run recorded its logits' digest; the distillation itself checks it is a teacher run.
+            teacher_run_id = registry.resolve(trial.config.teacher, "teacher").run_id
+            digest = mlflow.get_run(teacher_run_id).data.tags.get(tracking.TEACHER_LOGITS_DIGEST_TAG, "") if teacher_run_id else ""
+            found.append(lookup(trial, digest))
         elif trial.teacher_key() in teacher_digests:
             found.append(lookup(trial, teacher_digests[trial.teacher_key()]))
         else:

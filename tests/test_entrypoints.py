@@ -42,7 +42,7 @@ def test_distill_trains_a_teacher_once_then_reuses_it(store):
     # and an experiment that opens on the model-training view.
     teacher_link = f"[{teacher.info.run_name}](#/experiments/{teacher.info.experiment_id}/runs/{teacher.info.run_id})"
     assert teacher_link in first.data.tags[runs.DESCRIPTION_TAG]
-    assert teacher.data.tags[runs.DESCRIPTION_TAG].startswith("Teacher: the CNN trained on the hard labels at T=5")
+    assert teacher.data.tags[runs.DESCRIPTION_TAG].startswith("Teacher: the cnn teacher trained on the hard labels at T=5")
     experiment = mlflow.get_experiment(first.info.experiment_id)
     assert experiment.tags[runs.EXPERIMENT_KIND_TAG] == runs.MODEL_TRAINING
 
