@@ -214,12 +214,13 @@ def run_trials(experiment: Experiment) -> list[TrialResult]:
     nodes = connect(sweep.address)
     check_resources(sweep, nodes)
     check_cluster_can_track(tracking_uri, len(nodes))
-    outcomes, reasons = [], {}
+    outcomes, to_train, reasons = [], [], {}
     for trial, reused, reason in finished_trials(plan(experiment), parent.experiment_id):
         reasons[trial] = reason
-        if reused is not None:
+        if reused is None:
+            to_train.append(trial)
+        else:
             outcomes.append(TrialResult(trial, Outcome.REUSED, reused.info.run_id, reused.data.metrics, reason=reason))
-    to_train = [trial for trial in reasons if trial not in {outcome.trial for outcome in outcomes}]
     if not to_train:
         return outcomes
     shared = {
