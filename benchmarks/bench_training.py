@@ -47,10 +47,10 @@ def bare_teacher_images_per_second(splits, steps: int, precision: str, batch_siz
     import keras
     import tensorflow as tf
 
-    from kdflow import losses, models
+    from kdflow import losses, variants
 
     keras.utils.set_random_seed(12)
-    teacher = models.build_teacher(precision=precision)
+    teacher = variants.build_network("cnn", "normal", precision)
     optimizer = keras.optimizers.Adam(0.001)
     optimizer.build(teacher.trainable_variables)
     images = tf.constant(splits.train_images[: batch_size * 16])
@@ -78,10 +78,10 @@ def inference_images_per_second(splits, precision: str) -> tuple[float, float]:
     import numpy as np
     import tensorflow as tf
 
-    from kdflow import models, training
+    from kdflow import training, variants
 
     keras.utils.set_random_seed(12)
-    teacher = models.build_teacher(precision=precision)
+    teacher = variants.build_network("cnn", "normal", precision)
     images = splits.validation_images
     bare_call = tf.function(lambda batch: teacher(batch, training=False))
     size = training.PREDICT_BATCH_SIZE
