@@ -99,18 +99,18 @@ def test_a_registered_loss_and_network_run_end_to_end_in_cells_names_and_aliases
     assert "**Network**: a toy MLP, 784-16-10" in card and "squared difference of the soft targets at T=2" in card
     assert "-P student_model=tiny" in card and "-P loss=squared" in card
 
-    # A sweep over them on a local Ray: its workers import the plugin too, and the trials already run are reused.
-    sweep = succeeded(store.run("sweep", temperature="2,5", seed="12", student_model="tiny", loss="squared",
+    # A sweep over them on a local Ray: the trials already run are reused, and the toy student alone
+    # trains on a Ray worker, which imports the plugin too.
+    sweep = succeeded(store.run("sweep", temperature="2", seed="12", student_model="tiny", loss="squared",
                                 kinds="student,distill", **SHORT))
     sweep_run = mlflow.get_run(run_id_of(sweep))
     trials = Path(mlflow.artifacts.download_artifacts(run_id=sweep_run.info.run_id, artifact_path="trials.csv")).read_text()
     outcomes = {line.split(",")[0]: line.split(",")[2] for line in trials.splitlines()[1:]}
     assert outcomes == {
-        "teacher-T2-seed12-num_steps=40-eval_every=20": "reused", "teacher-T5-seed12-num_steps=40-eval_every=20": "trained",
+        "teacher-T2-seed12-num_steps=40-eval_every=20": "reused", tiny.info.run_name: "reused",
         "student-seed12-student_model=tiny-num_steps=40-eval_every=20": "trained",
-        tiny.info.run_name: "reused", tiny.info.run_name.replace("-T2-", "-T5-"): "trained",
     }
     table = [row for row in results_rows(sweep_run.info.run_id) if row["table"].startswith("student_model=tiny")]
     assert {(row["row"], row["temperature"]) for row in table} == {
-        (row, temperature) for row in ("Teacher", "Distillation (loss=squared)", "Student only") for temperature in (2.0, 5.0)
+        ("Teacher", 2.0), ("Distillation (loss=squared)", 2.0), ("Student only", 2.0)
     }
