@@ -181,14 +181,21 @@ def run_trial(space: dict) -> None:
     # one trial and the next (bench_scale), and Python's own collector frees the old models' cycles anyway.
     keras.backend.clear_session(free_memory=False)
     trial_id = tune.get_context().get_trial_id()
-    # A retried trial's earlier attempt died with its worker and could not end its own run.
-    stale = mlflow.search_runs(
+    trial = space["trial"]
+    earlier = mlflow.search_runs(  # This trial's earlier attempts, in this sweep.
         experiment_ids=[space["experiment_id"]],
-        filter_string=f"tags.`{TRIAL_TAG}` = '{trial_id}' and attributes.status = 'RUNNING'",
+        filter_string=f"tags.`{TRIAL_TAG}` = '{trial_id}' and tags.`mlflow.parentRunId` = '{space['parent_run_id']}'",
         output_format="list",
     )
+    # A retried trial's earlier attempt died with its worker and could not end its own run.
+    stale = [run for run in earlier if run.info.status == "RUNNING"]
     liveness.end_runs(stale, "FAILED", "the worker died; Ray Tune retried the trial")
-    trial = space["trial"]
+    done = [run for run in earlier if run.info.status == "FINISHED" and tracking.RUN_KEY_TAG in run.data.tags]
+    if done:
+        # Its worker died after the run was complete, before Ray Tune heard of it: report that run
+        # rather than train the trial a second time.
+        _report_finished(done[0].info.run_id, trial)
+        return
     # Where the trial ran, so a sweep can be checked to use the whole cluster and a worker be found.
     tags = {TRIAL_TAG: trial_id, NODE_TAG: ray.get_runtime_context().get_node_id(), WORKER_PID_TAG: str(os.getpid())}
     try:
@@ -201,9 +208,14 @@ def run_trial(space: dict) -> None:
         # rest (a worker that died, a tracking server that was down for longer than MLflow retries).
         tune.report({"error": f"{type(error).__name__}: {error}"})
         return
-    registry.promote(run.info.run_id)  # Only now that the run has ended FINISHED.
-    final = mlflow.get_run(run.info.run_id).data.metrics
-    tune.report({"run_id": run.info.run_id, "step": trial.config.num_steps, **final})
+    _report_finished(run.info.run_id, trial)
+
+
+def _report_finished(run_id: str, trial: Trial) -> None:
+    """Promote the trial's complete run, then report its final metrics to Ray Tune."""
+    registry.promote(run_id)  # Only now that the run has ended FINISHED.
+    final = mlflow.get_run(run_id).data.metrics
+    tune.report({"run_id": run_id, "step": trial.config.num_steps, **final})
 
 
 def outcome_of(result, trial: Trial) -> TrialResult:
