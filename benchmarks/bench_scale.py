@@ -19,8 +19,8 @@ starting, p50 / p95; Ray Tune's reuse of warm workers on, and off for --cold-tri
 side by side), the trial workers' tracking calls per second and their client-side latency p50 /
 p99 (benchmarks/call_timer times every HTTP call of the cluster's Python processes), and a count
 check. With --faults, one more sweep meets three faults in turn, and the count check runs after
-each: a worker node removed, the driver killed (after a resume is refused while it lives) and the
-sweep resumed, the mlflow server killed and restarted. The last line is the summary, e.g.
+each: a worker node removed; the driver suspended while a resume is tried (and refused: it still
+exists), then killed and the sweep resumed; the mlflow server killed and restarted. The last line is the summary, e.g.
 
     scale: backend=postgresql nodes=8 trials=200 finished=200 duplicates=0 running=0 missing_metric_steps=0 efficiency=0.87 overhead_p50_s=1.4
 
@@ -47,7 +47,7 @@ import mlflow
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from kdflow import experiments, sweeps  # noqa: E402
+from kdflow import experiments, sweeps, tracking  # noqa: E402
 from scripts import postgres, servers  # noqa: E402
 
 MLFLOW = str(Path(sys.executable).parent / "mlflow")
@@ -233,10 +233,27 @@ def faults_run(trials: int, cluster, server: TrackingServer, logs: Path) -> dict
         return driver
 
     def kill_driver(sweep, driver):
-        # While its driver lives, the sweep beats and a resume is refused: it would train trials twice.
-        refused = sweep.start(resume=True)
-        if refused.wait() != 2 or "is still running" not in sweep.log.read_text():
-            raise RuntimeError(f"resuming the live {sweep.name} sweep was not refused: {sweep.log.read_text()[-3000:]}")
+        # While its driver lives, a resume is refused: it would train the trials twice. The driver
+        # is suspended (as Ctrl-Z would) while the resume is tried, so that the sweep cannot finish
+        # meanwhile; a suspended process still exists, and a resume on this machine sees that.
+        live_log = sweep.log
+        driver.send_signal(signal.SIGSTOP)
+        suspended = time.perf_counter()
+        try:
+            refused = sweep.start(resume=True)
+            refused_code = refused.wait()
+        finally:
+            driver.send_signal(signal.SIGCONT)
+        print(f"  kill_driver: the driver was suspended for {time.perf_counter() - suspended:.1f} s while a resume "
+              f"was tried (exit {refused_code})", flush=True)
+        if driver.poll() is not None:
+            raise RuntimeError(f"the {sweep.name} sweep ended (exit {driver.returncode}) before the kill_driver fault "
+                               f"could strike: give it more trials. Its log: {live_log.read_text()[-2000:]}")
+        if refused_code != 2 or "is still running" not in sweep.log.read_text():
+            statuses = [(run.info.run_id, run.info.status, run.data.tags.get(tracking.ERROR_TAG, ""))
+                        for run in experiment_runs() if run.data.tags.get(tracking.KIND_TAG) == "sweep"]
+            raise RuntimeError(f"resuming the live {sweep.name} sweep was not refused (exit {refused_code}); "
+                               f"the sweep runs: {statuses}; the resume's log: {sweep.log.read_text()[-3000:]}")
         driver.kill()
         driver.wait()  # Its process is gone, which a resume on this machine sees at once (kdflow.liveness).
         return sweep.start(resume=True)
@@ -307,9 +324,20 @@ def main(argv: list[str] | None = None) -> dict:
             mlflow.MlflowClient().create_experiment(EXPERIMENT)
             try:
                 report = measure(arguments, arguments_grid, cluster, server, folder)
+            except BaseException:
+                print_driver_logs(folder / "logs")  # The folder goes with the benchmark; what each driver said stays.
+                raise
             finally:
                 server.kill()
     return report
+
+
+def print_driver_logs(logs: Path, lines: int = 40) -> None:
+    """The last lines of each driver's log, without the trials' own lines and Ray Tune's tables."""
+    for log in sorted(logs.iterdir()):
+        own = [line for line in log.read_text(errors="replace").splitlines()
+               if not line.startswith(("(", "\x1b[36m(", "│", "├", "╭", "╰"))]
+        print(f"--- {log.name}, last {lines} of its own lines:", *own[-lines:], sep="\n", flush=True)
 
 
 def measure(arguments, arguments_grid, cluster, server, folder) -> dict:

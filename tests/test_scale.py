@@ -1,7 +1,7 @@
 """The scale benchmark in small, with its faults: a 4-node Ray cluster on this machine, 10 short
 distillations tracked by `mlflow server` on a real PostgreSQL, then a 15-trial sweep meeting the
-faults in turn (a worker node removed; the driver killed, a resume refused while it lived, and the
-sweep resumed; the server killed and restarted).
+faults in turn (a worker node removed; the driver suspended while a resume is refused, then killed,
+and the sweep resumed; the server killed and restarted).
 
 benchmarks/bench_scale.py is the code under test; its goals (efficiency, overhead) are judged
 in the benchmark at 8 nodes and 200 trials, not in this timed test, which checks that nothing is
