@@ -20,7 +20,8 @@ side by side), the trial workers' tracking calls per second and their client-sid
 p99 (benchmarks/call_timer times every HTTP call of the cluster's Python processes), and a count
 check. With --faults, one more sweep meets three faults in turn, and the count check runs after
 each: a worker node removed; the driver suspended while a resume is tried (and refused: it still
-exists), then killed and the sweep resumed; the mlflow server killed and restarted. The last line is the summary, e.g.
+exists), then killed and the sweep resumed; the mlflow server killed and restarted. The last
+line is the summary, e.g.
 
     scale: backend=postgresql nodes=8 trials=200 finished=200 duplicates=0 running=0 missing_metric_steps=0 efficiency=0.87 overhead_p50_s=1.4
 
