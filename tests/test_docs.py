@@ -1,7 +1,8 @@
-"""The commands README and docs/ show are commands that exist: every `mlflow run` names an entry
-point of MLproject, parameters that entry point declares and experiment files that are in the
-repository; every `kdflow-*` command is a console script of pyproject.toml with options it takes;
-every script a command runs (`python benchmarks/...`) is there. No training, no store: a second."""
+"""The commands README and docs/ show are commands that exist, and their links arrive: every
+`mlflow run` names an entry point of MLproject, parameters that entry point declares and
+experiment files that are in the repository; every `kdflow-*` command is a console script of
+pyproject.toml with options it takes; every script a command runs (`python benchmarks/...`) is
+there; every link to a page or a heading finds it. No training, no store: a second."""
 
 import contextlib
 import io
@@ -173,3 +174,24 @@ mlflow run . -e sweep -P experiment=experiments/<name>.yaml --env-manager local 
                      "benchmarks/bench_nothing.py does not exist"):
         assert expected in found, found
     assert len(problems) == 7 and counts == {"mlflow run": 4, "kdflow-*": 2}, (found, counts)
+
+
+def headings(page: Path) -> set[str]:
+    """The anchors GitHub gives a page's headings: lower case, punctuation dropped, spaces as hyphens."""
+    return {re.sub(r"[^\w\- ]", "", line.lstrip("#").strip().lower()).replace(" ", "-")
+            for line in page.read_text(encoding="utf-8").splitlines() if line.startswith("#")}
+
+
+def test_every_link_between_the_pages_arrives():
+    broken = []
+    for page in PAGES:
+        for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text(encoding="utf-8")):
+            if "://" in target:
+                continue
+            file, _, anchor = target.partition("#")
+            linked = (page.parent / file) if file else page
+            if not linked.exists():
+                broken.append(f"{page.relative_to(ROOT)}: {target}: no such file")
+            elif anchor and linked.suffix == ".md" and anchor not in headings(linked):
+                broken.append(f"{page.relative_to(ROOT)}: {target}: no such heading in {linked.relative_to(ROOT)}")
+    assert not broken, "\n".join(broken)
