@@ -1,7 +1,8 @@
-"""README's multi-machine recipe, run as written on one machine; and the shared server's security.
+"""The multi-machine recipe of docs/cluster.md, run as written on one machine; and the shared
+server's security.
 
-The recipe's block is read from README.md (the ```bash block that starts "# 1. A shared tracking
-server") and run by bash, so what the README says is what is tested: `mlflow server` with the
+The recipe's block is read from docs/cluster.md (the ```bash block that starts "# 1. A shared tracking
+server") and run by bash, so what the page says is what is tested: `mlflow server` with the
 basic-auth app, a PostgreSQL backend (started by scripts/postgres.py) and the artifact proxy;
 `ray start --head` and `ray start --address` (a second node); `ray job submit` of a small sweep.
 Only the settings, the shell variables the block uses, are the test's own: 127.0.0.1, free
@@ -51,7 +52,7 @@ pytestmark = pytest.mark.xdist_group("ray")  # tests/conftest.py says why
 PASSWORD = "kdflow-test-admin-password"
 FIRST_LINE = "# 1. A shared tracking server"
 MARKER = "KDFLOW_CLUSTER_RECIPE_TEST"
-# The README's variables, for this machine; SWEEP_PARAMS is the small sweep.
+# The recipe's variables, for this machine; SWEEP_PARAMS is the small sweep.
 SWEEP_PARAMS = "-P temperature=2 -P seed=12 -P num_steps=40 -P eval_every=20"
 
 ONE_MACHINE_AS_TWO = r"""
@@ -72,10 +73,10 @@ ray() {
 
 
 def readme_recipe() -> str:
-    """The README's recipe: its ```bash block that starts with FIRST_LINE."""
-    blocks = [block for block in re.findall(r"^```bash\n(.*?)^```", (ROOT / "README.md").read_text(), re.S | re.M)
+    """The recipe: docs/cluster.md's ```bash block that starts with FIRST_LINE."""
+    blocks = [block for block in re.findall(r"^```bash\n(.*?)^```", (ROOT / "docs" / "cluster.md").read_text(), re.S | re.M)
               if block.startswith(FIRST_LINE)]
-    assert len(blocks) == 1, f"README.md must have one ```bash block starting {FIRST_LINE!r}"
+    assert len(blocks) == 1, f"docs/cluster.md must have one ```bash block starting {FIRST_LINE!r}"
     return blocks[0]
 
 
@@ -131,7 +132,7 @@ def test_readme_cluster_recipe_runs_as_written(fetched_mnist, monkeypatch):
     used = set(re.findall(r"\$\{?([A-Z_][A-Z0-9_]*)", recipe)) - set(re.findall(r"\b([A-Z_][A-Z0-9_]*)=", recipe))
     settings_names = {"HEAD_IP", "MLFLOW_PORT", "RAY_PORT", "DASHBOARD_PORT", "DB_URI", "ARTIFACTS", "SERVER_DIR",
                       "SWEEP_PARAMS", "MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY"}
-    assert used <= settings_names, f"README's recipe uses variables the test does not set: {used - settings_names}"
+    assert used <= settings_names, f"the recipe uses variables the test does not set: {used - settings_names}"
 
     # Short paths: Ray's Unix sockets live under RAY_TMPDIR; PostgreSQL's folder must be reachable
     # by the postgres user, which pytest's tmp_path is not.
@@ -214,14 +215,14 @@ def test_readme_cluster_recipe_runs_as_written(fetched_mnist, monkeypatch):
             assert PASSWORD.encode() not in path.read_bytes(), path
         # Ray's own files: the uploaded clone (what .gitignore names stays behind: no .venv), and the
         # logs, where Ray's runtime-env agent writes the job's environment, credentials included
-        # (README says so); no other Ray file holds the password.
+        # (docs/cluster.md says so); no other Ray file holds the password.
         ray_files = [path for name in ("head", "worker") for path in (folder / name).rglob("*") if path.is_file()]
         uploaded = [path for path in ray_files if "working_dir_files" in path.parts]
         assert uploaded and not any(".venv" in path.parts for path in uploaded)
         assert sum(path.stat().st_size for path in uploaded) < 20 * 2**20
         holding = {path.name for path in ray_files if path not in uploaded and PASSWORD.encode() in path.read_bytes()}
         assert holding <= {"runtime_env_agent.log"}, holding
-        print(f"the README's recipe ran in {recipe_seconds:.0f} s")
+        print(f"the recipe ran in {recipe_seconds:.0f} s")
     finally:
         end_marked_processes(marker)
         postgres.stop(database)
