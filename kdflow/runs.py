@@ -50,8 +50,12 @@ def run_name(kind: str, config: Config) -> str:
     of the kind that is not the default: teacher-T5-seed12, student-seed12-recipe=tuned,
     distill-T20-seed12-recipe=tuned-student_model=mlp-teacher_temperature=1-teacher_initializer=he."""
     parts = [kind] + ([f"T{config.temperature:g}"] if kind != "student" else []) + [f"seed{config.seed}"]
-    named = [name for name in KIND_PARAMETERS[kind] if name not in NOT_NAMED]
-    return "-".join(parts + [f"{name}={value}" for name, value in config.differences(named).items()])
+    return "-".join(parts + [f"{name}={value}" for name, value in named_differences(kind, config).items()])
+
+
+def named_differences(kind: str, config: Config) -> dict[str, str]:
+    """The parameters of the kind, other than temperature, seed and data_dir, that are not the default."""
+    return config.differences([name for name in KIND_PARAMETERS[kind] if name not in NOT_NAMED])
 
 
 @contextmanager

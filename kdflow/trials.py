@@ -7,7 +7,10 @@ imported once per worker, not once per trial. Live reporting: a trial reports it
 validation accuracy to Ray Tune at every evaluation, so Tune's progress table moves and a scheduler
 such as ASHA can stop weak distillations early (``scheduler=asha``).
 
-Trials are typed from end to end: Ray Tune's configurations carry ``Trial(kind, Config)`` as it is.
+Ray Tune's configuration of a trial is what its progress table shows: the trial's name (its
+MLflow run's), kind, temperature, seed and the parameters that differ from kdtf's. The trainable
+gets the typed ``Trial(kind, Config)`` by that name, and the sweep's shared settings, through
+``tune.with_parameters``.
 """
 
 import enum
@@ -44,6 +47,13 @@ class Trial:
     @property
     def name(self) -> str:
         return runs.run_name(self.kind, self.config)
+
+    def shown(self) -> dict:
+        """What Ray Tune's configuration holds and its tables show; the trainable finds the trial by its name."""
+        shown = {"trial": self.name, "kind": self.kind}
+        if self.kind != "student":
+            shown["temperature"] = f"{self.config.temperature:g}"
+        return {**shown, "seed": self.config.seed, **runs.named_differences(self.kind, self.config)}
 
     def teacher_key(self) -> str:
         """What identifies the teacher this trial is (a teacher) or learns from (a distillation)."""
@@ -86,10 +96,9 @@ class TrialQueue(Searcher):
     start first, being the longest and waited for; students fill the slots nothing else can use.
     """
 
-    def __init__(self, trials: list[Trial], shared: dict):
+    def __init__(self, trials: list[Trial]):
         super().__init__()
         self.waiting = sorted(trials, key=lambda trial: START_ORDER[trial.kind])
-        self.shared = shared
         self.pending_teachers = {trial.teacher_key() for trial in trials if trial.kind == "teacher"}
         self.failed_teachers: set[str] = set()
         self.started: dict[str, Trial] = {}
@@ -103,7 +112,7 @@ class TrialQueue(Searcher):
             elif trial.kind != "distill" or trial.teacher_key() not in self.pending_teachers:
                 self.waiting.remove(trial)
                 self.started[trial_id] = trial
-                return {**self.shared, "trial": trial}
+                return trial.shown()
         return None if self.waiting else self.FINISHED
 
     def save(self, checkpoint_path: str) -> None:
@@ -129,20 +138,20 @@ class DistillationASHA(AsyncHyperBandScheduler):
         )
 
     def on_trial_add(self, tune_controller, trial):
-        if trial.config["trial"].kind == "distill":
+        if trial.config["kind"] == "distill":
             super().on_trial_add(tune_controller, trial)
 
     def on_trial_result(self, tune_controller, trial, result):
-        if trial.config["trial"].kind != "distill":
+        if trial.config["kind"] != "distill":
             return self.CONTINUE
         return super().on_trial_result(tune_controller, trial, result)
 
     def on_trial_complete(self, tune_controller, trial, result):
-        if trial.config["trial"].kind == "distill":
+        if trial.config["kind"] == "distill":
             super().on_trial_complete(tune_controller, trial, result)
 
     def on_trial_remove(self, tune_controller, trial):
-        if trial.config["trial"].kind == "distill":
+        if trial.config["kind"] == "distill":
             super().on_trial_remove(tune_controller, trial)
 
 
@@ -168,23 +177,24 @@ def _live_reporter(run_id: str):
     return on_evaluation
 
 
-def run_trial(space: dict) -> None:
-    """The Ray Tune trainable: one kdflow job as a child run of the sweep."""
+def run_trial(shown: dict, trials: dict[str, Trial], shared: dict) -> None:
+    """The Ray Tune trainable: one kdflow job as a child run of the sweep. ``shown`` is the trial's
+    configuration (``Trial.shown``), ``trials`` every trial by name, ``shared`` the sweep's settings."""
     import keras
 
     # The driver's MLFLOW_RUN_ID (set by `mlflow run`) would make every trial resume the parent.
     os.environ.pop("MLFLOW_RUN_ID", None)
-    os.environ["MLFLOW_TRACKING_URI"] = space["tracking_uri"]
-    _configure_devices(max(1, int(space["cpus_per_trial"])))
+    os.environ["MLFLOW_TRACKING_URI"] = shared["tracking_uri"]
+    _configure_devices(max(1, int(shared["cpus_per_trial"])))
     # A warm worker holds the previous trial's models; a fresh Keras state also names layers as a fresh process would.
     # Without a full garbage collection: with eight trials on two cores it was 1.4 s of the 2.1 s between
     # one trial and the next (bench_scale), and Python's own collector frees the old models' cycles anyway.
     keras.backend.clear_session(free_memory=False)
     trial_id = tune.get_context().get_trial_id()
-    trial = space["trial"]
+    trial = trials[shown["trial"]]
     earlier = mlflow.search_runs(  # This trial's earlier attempts, in this sweep.
-        experiment_ids=[space["experiment_id"]],
-        filter_string=f"tags.`{TRIAL_TAG}` = '{trial_id}' and tags.`mlflow.parentRunId` = '{space['parent_run_id']}'",
+        experiment_ids=[shared["experiment_id"]],
+        filter_string=f"tags.`{TRIAL_TAG}` = '{trial_id}' and tags.`mlflow.parentRunId` = '{shared['parent_run_id']}'",
         output_format="list",
     )
     # A retried trial's earlier attempt died with its worker and could not end its own run.
@@ -199,7 +209,7 @@ def run_trial(space: dict) -> None:
     # Where the trial ran, so a sweep can be checked to use the whole cluster and a worker be found.
     tags = {TRIAL_TAG: trial_id, NODE_TAG: ray.get_runtime_context().get_node_id(), WORKER_PID_TAG: str(os.getpid())}
     try:
-        with runs.tracked_run(trial.kind, space["parent_run_id"], space["experiment_id"], tags) as run:
+        with runs.tracked_run(trial.kind, shared["parent_run_id"], shared["experiment_id"], tags) as run:
             runs.run_job(trial.kind, trial.config, _live_reporter(run.info.run_id))
     except runs.Stopped:
         return  # Its run ended KILLED, if its worker lived to reach the next evaluation; else the sweep ends it.
@@ -229,16 +239,23 @@ def outcome_of(result, trial: Trial) -> TrialResult:
     return TrialResult(trial, Outcome.FAILED, error=error)
 
 
+def _trial_folder(tune_trial) -> str:
+    """A trial's folder in ~/ray_results: its id, which is unique, then its name, cut short and without a "/"."""
+    return f"{tune_trial.trial_id}_{tune_trial.config['trial']}"[:120].replace("/", "_")
+
+
 def tune_trials(trials: list[Trial], shared: dict, resources: dict, slots: int, scheduler: str, name: str
                 ) -> list[TrialResult]:
     """Run the trials on Ray Tune (already connected; ``slots`` trials fit at once) and return each one's outcome."""
-    queue = TrialQueue(trials, shared)
+    queue, by_name = TrialQueue(trials), {trial.name: trial for trial in trials}
     if scheduler == "asha":
         # A failed trial reports its error, not a validation accuracy: ASHA must not take that for a bug.
         os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     tuner = tune.Tuner(
-        tune.with_resources(run_trial, resources),
+        tune.with_resources(tune.with_parameters(run_trial, trials=by_name, shared=shared), resources),
         tune_config=tune.TuneConfig(
+            trial_name_creator=lambda tune_trial: tune_trial.config["trial"],  # as its MLflow run is named
+            trial_dirname_creator=_trial_folder,
             # The limiter lets Ray Tune ask for a worker for every slot at once (alone, a custom
             # searcher gets one pending trial at a time, and the slots fill one worker start-up
             # after another).
@@ -251,4 +268,4 @@ def tune_trials(trials: list[Trial], shared: dict, resources: dict, slots: int, 
         run_config=tune.RunConfig(name=name, failure_config=tune.FailureConfig(max_failures=MAX_FAILURES)),
     )
     grid = tuner.fit()
-    return [outcome_of(result, result.config["trial"]) for result in grid] + queue.not_started
+    return [outcome_of(result, by_name[result.config["trial"]]) for result in grid] + queue.not_started

@@ -145,20 +145,22 @@ def test_sweep_plan_and_the_order_trials_start_in_without_a_barrier():
 
     # Teachers start first; a distillation starts the moment its own teacher is finished, ahead of
     # the students that fill slots meanwhile; one whose teacher failed for good never starts.
-    queue = trials.TrialQueue(planned, {"tracking_uri": "sqlite:///x.db"})
+    queue = trials.TrialQueue(planned)
     started = {f"t{number}": queue.suggest(f"t{number}") for number in range(4)}
-    assert [space["trial"].name for space in started.values()] == [trial.name for trial in planned[:4]]
+    assert [shown["trial"] for shown in started.values()] == [trial.name for trial in planned[:4]]
     short = "-num_steps=7"
-    assert started["t0"]["tracking_uri"] == "sqlite:///x.db"
-    assert queue.suggest("t4")["trial"].name == "student-seed12" + short
+    # What Ray Tune's tables show of a trial: its name, kind, temperature, seed and what differs.
+    assert started["t0"] == {"trial": "teacher-T2-seed12" + short, "kind": "teacher", "temperature": "2", "seed": 12,
+                             "num_steps": "7"}
+    assert queue.suggest("t4") == {"trial": "student-seed12" + short, "kind": "student", "seed": 12, "num_steps": "7"}
     queue.on_trial_complete("t2", {"test_accuracy": 0.9, "run_id": "r"})  # teacher-T5-seed12 finished
     queue.on_trial_complete("t0", {"error": "ValueError: bad"})  # teacher-T2-seed12 failed for good
-    assert queue.suggest("t5")["trial"].name == "distill-T5-seed12" + short
-    assert queue.suggest("t6")["trial"].name == "student-seed13" + short
+    assert queue.suggest("t5")["trial"] == "distill-T5-seed12" + short
+    assert queue.suggest("t6")["trial"] == "student-seed13" + short
     assert queue.suggest("t7") is None  # The rest wait for teachers still training.
     queue.on_trial_complete("t1", None, error=True)  # teacher-T2-seed13: its worker died three times
     queue.on_trial_complete("t3", {"test_accuracy": 0.9, "run_id": "r"})
-    assert queue.suggest("t8")["trial"].name == "distill-T5-seed13" + short
+    assert queue.suggest("t8")["trial"] == "distill-T5-seed13" + short
     assert queue.suggest("t9") == queue.FINISHED
     assert sorted((result.trial.name, result.outcome, result.error) for result in queue.not_started) == [
         ("distill-T2-seed12" + short, trials.Outcome.FAILED, "its teacher's trial failed"),
