@@ -401,6 +401,10 @@ def _check_plan(params: dict, grid: dict, shown: str, top: dict) -> tuple[SweepC
     gives), so values are judged by the points they are in: one that every point refuses is
     reported at its own line, and otherwise the first refused point is named.
     """
+    if len(grid.get("data_dir", ())) > 1:
+        # Trials that differ only in it would train the same thing under one name.
+        raise ValueError(f"{grid['data_dir'][1][1]}: data_dir cannot be a grid axis: it says where the data is, and the "
+                         "dataset's digest pins what it is; give one data_dir in params (or grid over dataset)")
     params_where = top["params"][1] if "params" in top else shown
     sweep = _build(SweepConfig, {name: item for name, item in params.items() if name in SWEEP_PARAMETERS}, params_where)
     located = {name: item for name, item in params.items() if name in TRIAL_PARAMETERS}

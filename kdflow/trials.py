@@ -248,6 +248,7 @@ def tune_trials(trials: list[Trial], shared: dict, resources: dict, slots: int, 
                 ) -> list[TrialResult]:
     """Run the trials on Ray Tune (already connected; ``slots`` trials fit at once) and return each one's outcome."""
     queue, by_name = TrialQueue(trials), {trial.name: trial for trial in trials}
+    assert len(by_name) == len(trials), "a sweep's trials have names of their own (experiments refuses the rest)"
     if scheduler == "asha":
         # A failed trial reports its error, not a validation accuracy: ASHA must not take that for a bug.
         os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"

@@ -172,6 +172,7 @@ def test_a_path_is_found_here_first_then_in_the_project(tmp_path, monkeypatch):
     ("description: x\nparams:\n  seeds: 12\n", 3, "seeds is now the grid axis seed: -P seed=12,13,14"),
     ("description: x\nparams:\n  hard_label_weights: 0.5\n", 3, "hard_label_weights is now the grid axis hard_label_weight"),
     ("description: x\nparams:\n  alpha: 0.5\n", 3, "alpha was renamed hard_label_weight"),
+    ("description: x\ngrid:\n  data_dir:\n    - /a\n    - /b\n", 5, "grid.data_dir: data_dir cannot be a grid axis"),
     # A loss that refuses a parameter: the one value whose removal makes the rest acceptable is blamed.
     ("description: x\ngrid:\n  hard_label_weight: [0.5]\n", 3,
      "grid.hard_label_weight: hard_label_weight is a parameter of loss=weighted, not of loss=kdtf"),
@@ -312,6 +313,7 @@ def test_parse_args_defaults_to_kdtf_and_drops_empty_overrides(tmp_path, monkeyp
 @pytest.mark.parametrize("argv, says", [
     (["--temperatures", "2,5"], "temperatures is now the grid axis temperature"),
     (["--alpha", "0.5"], "alpha was renamed"),
+    (["--data_dir", "/a,/b"], "data_dir cannot be a grid axis"),
     (["--colour", "red"], "unrecognized arguments"),
     (["--temp", "5"], "unrecognized arguments"),  # No abbreviations: --temp could be temperature or temperatures.
 ])
