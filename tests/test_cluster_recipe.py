@@ -72,7 +72,7 @@ ray() {
 """
 
 
-def readme_recipe() -> str:
+def the_recipe() -> str:
     """The recipe: docs/cluster.md's ```bash block that starts with FIRST_LINE."""
     blocks = [block for block in re.findall(r"^```bash\n(.*?)^```", (ROOT / "docs" / "cluster.md").read_text(), re.S | re.M)
               if block.startswith(FIRST_LINE)]
@@ -124,10 +124,10 @@ def postgres_unavailable() -> str | None:
 
 
 @pytest.mark.slow
-def test_readme_cluster_recipe_runs_as_written(fetched_mnist, monkeypatch):
+def test_the_cluster_recipe_runs_as_written(fetched_mnist, monkeypatch):
     if reason := install_debian_package("curl", Path("/usr/bin/curl")) or postgres_unavailable():
         pytest.skip(reason)
-    recipe = readme_recipe()
+    recipe = the_recipe()
     # Every variable the block reads is one of the settings below, or one it sets itself.
     used = set(re.findall(r"\$\{?([A-Z_][A-Z0-9_]*)", recipe)) - set(re.findall(r"\b([A-Z_][A-Z0-9_]*)=", recipe))
     settings_names = {"HEAD_IP", "MLFLOW_PORT", "RAY_PORT", "DASHBOARD_PORT", "DB_URI", "ARTIFACTS", "SERVER_DIR",
