@@ -87,19 +87,22 @@ def console_scripts() -> dict[str, set[str]]:
     return options
 
 
+def program_of(command: list[str]) -> tuple[str, list[str]]:
+    """The program a command runs (its file name, after any VAR=value before it) and its arguments."""
+    while command and re.match(r"^[A-Z_][A-Z0-9_]*=", command[0]):
+        command = command[1:]
+    return (command[0].rsplit("/", 1)[-1], command[1:]) if command else ("", [])
+
+
 def problems_of(command: list[str], entries: dict, scripts: dict) -> list[str]:
     """What in one command does not exist; empty when everything does."""
-    while command and re.match(r"^[A-Z_][A-Z0-9_]*=", command[0]):  # VAR=value before the command
-        command = command[1:]
-    if not command:
-        return []
-    program = command[0].rsplit("/", 1)[-1]
-    if program == "mlflow" and command[1:2] == ["run"]:
-        return mlflow_run_problems(command[2:], entries)
+    program, arguments = program_of(command)
+    if program == "mlflow" and arguments[:1] == ["run"]:
+        return mlflow_run_problems(arguments[1:], entries)
     if program.startswith("kdflow-") and not placeholder(program):
         if program not in scripts:
             return [f"{program} is not a console script of pyproject.toml (there are {', '.join(sorted(scripts))})"]
-        return [f"{program} has no option {token.split('=')[0]}" for token in command[1:]
+        return [f"{program} has no option {token.split('=')[0]}" for token in arguments
                 if token.startswith("--") and token.split("=")[0] not in scripts[program]]
     return [f"{match.group(1)} does not exist" for token in command
             if (match := SCRIPT.match(token)) and not (ROOT / match.group(1)).exists()]
@@ -139,9 +142,9 @@ def all_problems(pages: dict[str, str]) -> tuple[list[str], dict[str, int]]:
     for page, text in pages.items():
         for line in shown_commands(text):
             for command in split_commands(line):
-                program = next((token for token in command if not re.match(r"^[A-Z_][A-Z0-9_]*=", token)), "")
-                counts["mlflow run"] += program.endswith("mlflow") and "run" in command[:3]
-                counts["kdflow-*"] += program.rsplit("/", 1)[-1].startswith("kdflow-")
+                program, arguments = program_of(command)
+                counts["mlflow run"] += program == "mlflow" and arguments[:1] == ["run"]
+                counts["kdflow-*"] += program.startswith("kdflow-")
                 problems += [f"{page}: `{line}`: {problem}" for problem in problems_of(command, entries, scripts)]
     return problems, counts
 
