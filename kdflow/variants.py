@@ -3,7 +3,9 @@ distillation losses, weight initialisers, recipes and datasets.
 
 An entry carries everything the rest of kdflow needs from it: how to build or compute it, a
 one-line description for model cards and run descriptions, and, for a student network, its
-initialiser in each recipe and the published numbers its tables are compared with. Nothing else
+initialiser in each recipe and the published numbers its tables are compared with; for a dataset,
+its digests and where its files come from (``kdflow.data.DATASETS``, beside the readers its
+sources use, and the same dictionary as ``DATASETS`` here). Nothing else
 lists variants: the parameters' checks, run names, results tables, aliases and cards all read
 these dictionaries, so adding a variant is adding one entry here (or ``register``-ing one from a
 module named in ``KDFLOW_VARIANTS``, which every process of a run and a sweep imports).
@@ -17,7 +19,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from kdflow.data import DATASET_DIGESTS
+from kdflow.data import DATASETS, Dataset, Source  # noqa: F401 (Dataset and Source: a dataset to register)
 
 # Modules that register variants of their own (comma-separated), imported at the end of this one.
 PLUGINS_VARIABLE = "KDFLOW_VARIANTS"
@@ -92,12 +94,6 @@ class Initializer:
     symmetric: bool = False
 
 
-@dataclass(frozen=True)
-class Dataset:
-    description: str  # what its images show, for model cards
-    digest: str  # sha256 of its canonical arrays (kdflow.data), known before anything is loaded
-
-
 def _keras_initializer(class_name: str, **config) -> dict:
     return {"class_name": class_name, "config": config}
 
@@ -160,10 +156,6 @@ LOSSES = {
         "at T={temperature:g} || student at T={temperature:g}), as Keras' Distiller and torchdistill's KDLoss",
         ("hard_label_weight",),
     ),
-}
-DATASETS = {
-    "mnist": Dataset("handwritten digits 0-9", DATASET_DIGESTS["mnist"]),
-    "fashion_mnist": Dataset("Fashion-MNIST clothing classes 0-9 (T-shirt/top to ankle boot)", DATASET_DIGESTS["fashion_mnist"]),
 }
 # Every registry by the name of the parameter that chooses from it.
 CHOSEN_BY = {"teacher_model": NETWORKS, "student_model": NETWORKS, "teacher_initializer": INITIALIZERS,

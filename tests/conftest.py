@@ -40,7 +40,7 @@ SHORT_CHAMPION_URI = f"models:/kd-student@{registry.champion_alias('distill', co
 # ("project_store") share a worker, so that the store is built once.
 
 
-def refuse_keras(dataset):
+def refuse_keras(*arguments, **keywords):
     raise OSError("the Keras download is disabled in tests")
 
 
@@ -70,7 +70,7 @@ def fetched_mnist(tmp_path_factory):
     cache = tmp_path_factory.mktemp("session_cache")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("KDFLOW_CACHE_DIR", str(cache))
-        patch.setattr(data, "_fetch_keras", refuse_keras)
+        patch.setattr(data, "_keras_download", refuse_keras)
         splits = data.load_dataset("mnist")
     return splits, cache
 

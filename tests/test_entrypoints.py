@@ -135,7 +135,7 @@ def test_mlp_student_distilled_from_a_he_teacher_is_registered_with_its_card_and
     card = version.description
     accuracy = distilled.data.metrics["test_accuracy"]
     for fact in [
-        "784-800-800-10", f"sha256 `{data.DATASET_DIGESTS['mnist']}`", f"run `{teacher.info.run_id}`",
+        "784-800-800-10", f"sha256 `{data.DATASETS['mnist'].digest}`", f"run `{teacher.info.run_id}`",
         f"test accuracy {100 * teacher.data.metrics['test_accuracy']:.2f}%", "distilled at T=20",
         "CE(hard labels) + T² · CE(soft targets at T=20)", "**Seed** 12", "**recipe** `tuned`",
         f"**precision** {precision.resolve('auto')}", f"**code version** `{tracking.code_version()}`",

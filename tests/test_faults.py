@@ -47,7 +47,7 @@ def assert_failed_and_never_reused(run, kind: str, statuses: set[str], error: st
     # The canonical parameters: `mlflow run` logs them as typed (an empty value as '').
     params = json.loads(run.data.tags[tracking.PARAMS_TAG])
     parsed = config.parse_args(kind, [f"--{name}={value}" for name, value in params.items()])
-    assert tracking.find_finished_run(kind, parsed, data.DATASET_DIGESTS["mnist"], run.info.experiment_id) is None
+    assert tracking.find_finished_run(kind, parsed, data.DATASETS["mnist"].digest, run.info.experiment_id) is None
 
 
 def test_a_diverging_loss_fails_the_run_naming_the_parameter(own_store):
