@@ -20,4 +20,5 @@ The package is split by concern into layers; a module imports only from layers b
 - ``losses``: the teacher loss at temperature T and the distillation losses. ``models``: the
   teacher CNN and the students: softmax regression and Hinton et al.'s 800-800 MLP.
 - ``data``: MNIST and Fashion-MNIST from checked sources. ``precision``: the number formats.
+  ``quiet``: the libraries' start-up noise held back, unless ``KDFLOW_VERBOSE`` is set.
 """

@@ -72,7 +72,7 @@ def render(kind: str, config: Config, run, tables: list[results.Table], teacher_
         f"Classifying {variants.DATASETS[config.dataset].description} in 28 × 28 grey images, light on dark, as the dataset's own: "
         "uint8 0-255 or float 0-1 arrays shaped (N, 28, 28) or (N, 784). `kdflow-predict` turns picture files into "
         "such images as MNIST made its digits (ink box scaled into 20 × 20, centred by mass in 28 × 28). "
-        "The model answers each image's class and the probabilities of all ten.",
+        "The model answers each image's class, and with `params={\"probabilities\": True}` the probabilities of all ten too.",
         "",
         "## Limits",
         "",

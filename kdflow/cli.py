@@ -20,7 +20,7 @@ from pathlib import Path
 
 import mlflow
 
-from kdflow import config, liveness, predict, registry, runs, store
+from kdflow import config, liveness, predict, quiet, registry, runs, store
 
 
 def _stop_with_parent() -> None:
@@ -43,6 +43,7 @@ def exit_status(name: str, body, uses_store: bool = True) -> int:
     answer fails in seconds, and set up (``store.prepare``), so that commands and trials started
     together on one SQLite file do not fail.
     """
+    quiet.silence_libraries()
     # `kill` and Ray stop workers with SIGTERM; treat it like Ctrl-C so the run ends KILLED.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     if "MLFLOW_RUN_ID" in os.environ:
@@ -156,6 +157,7 @@ def _predict(arguments: argparse.Namespace) -> None:
     started_by_mlflow_run = "MLFLOW_RUN_ID" in os.environ
     with runs.tracked_run("predict") if started_by_mlflow_run else contextlib.nullcontext():
         files = predict.expand(arguments.images)
+        quiet.import_tensorflow()
         model = predict.load_model(arguments.model_uri)
         count, failed = 0, []
         with tempfile.TemporaryDirectory() as folder:

@@ -313,11 +313,13 @@ def load_dataset(dataset: str = "mnist", data_dir: str = "") -> Splits:
         # Data the user pointed at must be right: falling back silently would hide their mistake.
         arrays = _read_user_data(Path(data_dir).expanduser(), dataset)
         source = f"data_dir {data_dir}"
-        return _make_splits(dataset, _verify(dataset, arrays, source), source, arrays)
+        digest = _verify(dataset, arrays, source)
+        print(f"{dataset}: read from {source}", flush=True)
+        return _make_splits(dataset, digest, source, arrays)
 
     cache_file = cache_dir() / f"{dataset}.npz"
     cache = Source(f"cache: {cache_file}", lambda: _read_npz(cache_file), downloads=False)
-    failures = []
+    failures, refused = [], []  # Every source's failure; the failures of sources that were there.
     for source in (cache, *DATASETS[dataset].sources):
         if source is cache and not cache_file.exists():
             failures.append(f"{source.description}: not present")
@@ -327,13 +329,15 @@ def load_dataset(dataset: str = "mnist", data_dir: str = "") -> Splits:
             digest = _verify(dataset, arrays, source.description)
         except Exception as error:  # Any failure of an automatic source just moves on to the next one.
             message = " ".join(str(error).split())
-            logger.warning("Data source refused (%s): %s", source.description, message)
             failures.append(f"{source.description}: {message}")
+            refused.append(f"{source.description} refused: {message[:200]}")
             if source is cache:  # A bad cache is deleted, so that the next source's download replaces it.
                 cache_file.unlink(missing_ok=True)
             continue
         if source.downloads:
             _write_cache(cache_file, arrays)
+        # One line on where the data came from, and on the sources before it that failed.
+        print(f"{dataset}: read from {source.description}" + "".join(f" ({line})" for line in refused), flush=True)
         return _make_splits(dataset, digest, source.description, arrays)
     raise RuntimeError(f"Could not load {dataset}; every source failed:\n  " + "\n  ".join(failures)
                        + "\nDownload the data yourself and pass data_dir=<a directory holding the four IDX "

@@ -30,6 +30,7 @@ def _finish(kind: str, config: Config, model, result, splits) -> None:
     mlflow.log_metrics(
         {
             "test_accuracy": result.test_accuracy,
+            "test_log_loss": result.test_log_loss,
             "best_validation_accuracy": result.best_validation_accuracy,
             "best_step": result.best_step,
             "train_images_per_second": result.train_images_per_second,
@@ -38,6 +39,9 @@ def _finish(kind: str, config: Config, model, result, splits) -> None:
         }
     )
     model_info = registry.log_model(model, kind, config, splits.validation_images, result.best_validation_accuracy)
+    started = time.perf_counter()
+    registry.evaluate(model_info.model_uri, splits.test_images, splits.test_labels)
+    mlflow.log_metric("model_evaluation_seconds", time.perf_counter() - started)
     mlflow.set_tag(tracking.MODEL_URI_TAG, model_info.model_uri)
     print(f"{kind}: test_accuracy {result.test_accuracy:.4f} (best validation step {result.best_step})")
 
@@ -136,8 +140,8 @@ def choose_teacher(config: Config):
     teacher_config = config.teacher_config()
     # Any source of the dataset must match its pinned digest, so the digest is known before loading.
     data_digest = variants.DATASETS[config.dataset].digest
-    teacher_run = tracking.find_finished_run("teacher", teacher_config, data_digest, experiment_id)
     key = tracking.run_key("teacher", teacher_config, data_digest)
+    teacher_run = tracking.find_finished_run("teacher", key, experiment_id)
     if teacher_run is None:
         print(f"no finished teacher run in this experiment has the run key {key}; training one", flush=True)
         teacher_run = _train_teacher_run(teacher_config)  # Raises if that run fails.

@@ -204,7 +204,7 @@ def predict_files(model, files: list[Path]) -> Iterator[dict]:
         images = [item for item in pending if isinstance(item, tuple)]
         answers = iter([])
         if images:
-            predictions = model.predict(np.stack([image for _, image in images]))
+            predictions = model.predict(np.stack([image for _, image in images]), params={registry.PROBABILITIES: True})
             answers = (
                 {"file": name, "digit": int(digit), "probability": float(probabilities[digit])}
                 for (name, _), digit, probabilities in zip(images, predictions["digit"], predictions["probabilities"])

@@ -6,11 +6,13 @@ unusable for reuse: none of it is part of ``tracking.code_version``.
 """
 
 import contextlib
+import importlib
 import json
 import signal
 import sys
 import tempfile
 import threading
+import time
 import traceback
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,7 +20,7 @@ from pathlib import Path
 import mlflow
 from mlflow.exceptions import MlflowException
 
-from kdflow import cards, liveness, results, tracking, variants
+from kdflow import cards, liveness, quiet, results, tracking, variants
 from kdflow.config import KIND_PARAMETERS, NOT_NAMED, Config
 from kdflow.jobs import JOBS
 
@@ -68,6 +70,12 @@ def tracked_run(kind: str, parent_run_id=None, experiment_id=None, tags=None):
     extra) every 10 s while the run lasts: the run page's System metrics tab. The run names its
     process and beats while it lasts (``liveness``), so that it can be ended if that process dies.
     """
+    if kind in JOBS:
+        # A job ends with mlflow.models.evaluate, whose first call imports MLflow's evaluators while
+        # holding MLflow's import-hook lock. The system-metrics thread started below can be inside
+        # an import that needs that lock at the same moment, and the two then wait for each other for
+        # ever (seen with 1 s sampling); imported now, before that thread exists, nothing can collide.
+        importlib.import_module("mlflow.models.evaluation.evaluator_registry")
     run = mlflow.start_run(experiment_id=experiment_id, parent_run_id=parent_run_id, tags=tags, log_system_metrics=True)
     try:
         # Where it runs, in the same write that makes it a kdflow run: liveness can always tell.
@@ -170,21 +178,56 @@ def log_results() -> tuple[str, list[results.Table]]:
     return markdown, tables
 
 
-def run_job(kind: str, config: Config, on_evaluation=tracking.log_evaluation) -> None:
-    """Run one job in the active tracked run: describe it, train, print and log the results table.
+def _clock(seconds: float) -> str:
+    minutes, seconds = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{seconds:02d}" if hours else f"{minutes}:{seconds:02d}"
 
-    ``on_evaluation`` receives each evaluation (a sweep's trial also reports it to Ray Tune).
+
+class Progress:
+    """Logs each evaluation and prints one line of it: the step of the total, the validation
+    accuracy and training loss, the time since the job began and, at the pace measured since the
+    first evaluation (after data loading and any teacher's training), about how long is left."""
+
+    def __init__(self, num_steps: int):
+        self.num_steps = num_steps
+        self.started = time.monotonic()
+        self.first = None  # (time, step) of the first evaluation
+
+    def __call__(self, evaluation) -> None:
+        tracking.log_evaluation(evaluation)
+        now = time.monotonic()
+        line = (f"step {evaluation.step}/{self.num_steps}: validation_accuracy {evaluation.validation_accuracy:.4f}, "
+                f"train_loss {evaluation.train_loss:.4f}; {_clock(now - self.started)} elapsed")
+        if self.first is None:
+            self.first = (now, evaluation.step)
+        elif evaluation.step < self.num_steps:
+            first_time, first_step = self.first
+            pace = (now - first_time) / (evaluation.step - first_step)
+            line += f", about {_clock(pace * (self.num_steps - evaluation.step))} left"
+        print(line, flush=True)
+
+
+def run_job(kind: str, config: Config, on_evaluation=None) -> None:
+    """Run one job in the active tracked run: describe it, train, log the results table and print
+    it (printing each evaluation as it comes), or, for a sweep's trial, leave the printing to the sweep.
+
+    ``on_evaluation`` receives each evaluation in a sweep's trial (which reports it to Ray Tune and
+    prints nothing of its own); by default each is logged and printed (``Progress``).
     The run key comes last: a run that failed anywhere before it is never reused or counted.
     ``auto`` precision is resolved first, on the machine that trains, so that the parameters,
     the setup, the run key and the teacher looked up all name the format actually used.
     """
+    quiet.import_tensorflow()  # Before "auto" precision asks TensorFlow about the CPU.
     config = config.resolved()
     describe_run(kind, config)
-    JOBS[kind](config, on_evaluation)
+    with quiet.mlflow_notes_held():
+        JOBS[kind](config, on_evaluation or Progress(config.num_steps))
     if kind == "distill":
         _link_teacher()
     markdown, tables = log_results()
-    print(markdown)
+    if on_evaluation is None:
+        print(markdown)
     cards.publish(kind, config, tables)
     tracking.mark_complete(kind, config)
 

@@ -184,6 +184,7 @@ def _checked_logits(run_id: str, digest: str, shape: str) -> np.ndarray:
 
 
 def log_evaluation(evaluation) -> None:
+    """Log one evaluation's metrics at its step (what a run prints of it is ``runs``' concern)."""
     mlflow.log_metrics(
         {
             "train_loss": evaluation.train_loss,
@@ -191,12 +192,6 @@ def log_evaluation(evaluation) -> None:
             "validation_accuracy": evaluation.validation_accuracy,
         },
         step=evaluation.step,
-    )
-    print(
-        f"step {evaluation.step}: train_loss {evaluation.train_loss:.4f} "
-        f"validation_loss {evaluation.validation_loss:.4f} "
-        f"validation_accuracy {evaluation.validation_accuracy:.4f}",
-        flush=True,
     )
 
 
@@ -240,8 +235,7 @@ def reusable(kind: str, candidates: list):
     return next((run for run in candidates if _has_its_results(kind, run)), None)
 
 
-def find_finished_run(kind: str, config, data_digest: str, experiment_id: str, teacher_logits_digest: str = ""):
-    """The newest FINISHED run of the experiment that trained exactly this (same run key) and
-    whose model (and a teacher's logits) can still be read, or None."""
-    key = run_key(kind, config, data_digest, teacher_logits_digest)
+def find_finished_run(kind: str, key: str, experiment_id: str):
+    """The newest FINISHED run of the experiment with this run key (it trained exactly this) whose
+    model (and a teacher's logits) can still be read, or None."""
     return reusable(kind, finished_runs_by_key(experiment_id, key).get(key, []))

@@ -41,6 +41,7 @@ class TrainingResult:
     best_step: int
     best_validation_accuracy: float
     test_accuracy: float
+    test_log_loss: float  # mean cross-entropy of the labels under the model's probabilities at T = 1
     # Training throughput with evaluation time left out, so it compares with a bare loop.
     train_images_per_second: float
     # Where the run's time went, for the performance record: optimiser steps, and evaluation on
@@ -168,12 +169,13 @@ def train(
     stored_model = model if config.precision == "float32" else build_model("float32")
     stored_model.set_weights(best_weights)
     started = time.perf_counter()
-    _, test_accuracy = evaluate(stored_model, splits.test_images, splits.test_labels)
+    test_log_loss, test_accuracy = evaluate(stored_model, splits.test_images, splits.test_labels)
     evaluation_seconds += time.perf_counter() - started
     return stored_model, TrainingResult(
         best_step=best_step,
         best_validation_accuracy=best_validation_accuracy,
         test_accuracy=test_accuracy,
+        test_log_loss=test_log_loss,
         train_images_per_second=config.num_steps * config.batch_size / training_seconds,
         train_seconds=training_seconds,
         evaluation_seconds=evaluation_seconds,

@@ -24,7 +24,7 @@ from ray import tune
 from ray.tune.schedulers import AsyncHyperBandScheduler
 from ray.tune.search import ConcurrencyLimiter, Searcher
 
-from kdflow import liveness, registry, runs, tracking
+from kdflow import liveness, quiet, registry, runs, tracking
 from kdflow.config import Config
 
 TRIAL_TAG = "kdflow.trial_id"
@@ -180,6 +180,8 @@ def _live_reporter(run_id: str):
 def run_trial(shown: dict, trials: dict[str, Trial], shared: dict) -> None:
     """The Ray Tune trainable: one kdflow job as a child run of the sweep. ``shown`` is the trial's
     configuration (``Trial.shown``), ``trials`` every trial by name, ``shared`` the sweep's settings."""
+    quiet.silence_libraries()
+    quiet.import_tensorflow()
     import keras
 
     # The driver's MLFLOW_RUN_ID (set by `mlflow run`) would make every trial resume the parent.

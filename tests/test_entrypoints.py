@@ -58,8 +58,9 @@ def test_runs_log_metrics_dataset_model_and_results(store):
         assert run.data.metrics["best_step"] in (20, 40)
         artifacts = {item.path for item in client.list_artifacts(run_id)}
         assert {"results.md", "results.csv", "results.json", "results.png"} <= artifacts
-        (dataset_input,) = run.inputs.dataset_inputs
-        assert dataset_input.dataset.name == "mnist-train"
+        # The training split, and the test images MLflow's evaluation of the model read.
+        assert len(run.inputs.dataset_inputs) == 2
+        (dataset_input,) = [item for item in run.inputs.dataset_inputs if item.dataset.name == "mnist-train"]
         assert run.data.tags[tracking.DATA_DIGEST_TAG].startswith(dataset_input.dataset.digest)
         assert tracking.RUN_KEY_TAG in run.data.tags  # Complete: reusable and counted.
         # precision=auto (the default) becomes this machine's format before anything is recorded;
@@ -72,8 +73,14 @@ def test_runs_log_metrics_dataset_model_and_results(store):
         # What the run page's System metrics tab draws.
         assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= set(run.data.metrics)
         model_info = mlflow.models.get_model_info(run.data.tags[tracking.MODEL_URI_TAG])
-        assert model_info.signature.outputs.input_names() == ["digit", "probabilities"]
+        assert model_info.signature.outputs.input_names() == ["digit"]
+        assert [param.name for param in model_info.signature.params] == ["probabilities"]
         assert model_info.saved_input_example_info is not None
+        # MLflow's own evaluation of the logged model on the test split: the same accuracy as the
+        # run's (one image apart at most: two probabilities can tie), per class, and its confusion matrix.
+        assert abs(run.data.metrics["accuracy_score"] - run.data.metrics["test_accuracy"]) <= 1e-4
+        assert {"per_class_metrics.csv", "confusion_matrix.png"} <= artifacts
+        assert run.data.metrics["test_log_loss"] > 0
     assert "teacher_logits.npy" in {item.path for item in client.list_artifacts(teacher.info.run_id)}
     table = Path(client.download_artifacts(student.info.run_id, "results.md")).read_text()
     assert "| Teacher |" in table and "| Distillation |" in table and "| Student only |" in table
@@ -146,7 +153,7 @@ def test_mlp_student_distilled_from_a_he_teacher_is_registered_with_its_card_and
     splits = fetched_mnist[0]
     images = (splits.test_images[:50] * 255).round().astype(np.uint8)
     answers = mlflow.pyfunc.load_model(f"models:/kd-student-mlp/{version.version}").predict(images)
-    assert len(answers) == 50 and np.mean(answers["digit"] == splits.test_labels[:50]) > 0.5
+    assert len(answers) == 50 and np.mean(answers == splits.test_labels[:50]) > 0.5
 
 
 CLASSIFY = """
@@ -155,14 +162,14 @@ import numpy as np
 import mlflow.pyfunc
 images = np.load(sys.argv[1])
 model = mlflow.pyfunc.load_model(sys.argv[2])
-as_bytes = model.predict(images)
+as_bytes = model.predict(images, params={"probabilities": True})
 as_floats = model.predict((images.reshape(-1, 784) / 255.0).astype(np.float32))
 try:
     model.predict(images[:, :27, :27])
     wrong_shape = "accepted"
 except Exception as error:
     wrong_shape = str(error)
-print(json.dumps({"digits": as_bytes["digit"].tolist(), "float_digits": as_floats["digit"].tolist(),
+print(json.dumps({"digits": as_bytes["digit"].tolist(), "float_digits": as_floats.tolist(),
                   "probability_sums": [float(sum(p)) for p in as_bytes["probabilities"]],
                   "wrong_shape": wrong_shape}))
 """
@@ -236,7 +243,7 @@ def test_interrupted_run_ends_killed(store):
     command = [sys.executable, str(ROOT / "entrypoints" / "teacher.py"), "--num_steps", "100000", "--eval_every", "10"]
     process = subprocess.Popen(command, cwd=store.folder, env=store.env, stdout=subprocess.PIPE, text=True)
     for line in process.stdout:  # Wait until it is really training.
-        if line.startswith("step 10:"):
+        if line.startswith("step 10/"):
             break
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=60) != 0

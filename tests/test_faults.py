@@ -47,7 +47,7 @@ def assert_failed_and_never_reused(run, kind: str, statuses: set[str], error: st
     # The canonical parameters: `mlflow run` logs them as typed (an empty value as '').
     params = json.loads(run.data.tags[tracking.PARAMS_TAG])
     parsed = config.parse_args(kind, [f"--{name}={value}" for name, value in params.items()])
-    assert tracking.find_finished_run(kind, parsed, data.DATASETS["mnist"].digest, run.info.experiment_id) is None
+    assert tracking.find_finished_run(kind, tracking.run_key(kind, parsed, data.DATASETS["mnist"].digest), run.info.experiment_id) is None
 
 
 def test_a_diverging_loss_fails_the_run_naming_the_parameter(own_store):
@@ -110,7 +110,7 @@ def test_a_tracking_server_killed_mid_run_and_restarted_leaves_the_run_failed(fe
             [sys.executable, str(ROOT / "entrypoints" / "student.py"), "--num_steps", "1000000", "--eval_every", "10"],
             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for line in job.stdout:  # Wait until it is really training.
-            if line.startswith("step 10:"):
+            if line.startswith("step 10/"):
                 break
     finally:
         os.killpg(server.pid, signal.SIGKILL)
@@ -140,7 +140,7 @@ def test_stopping_mlflow_run_ends_the_run_killed(own_store, entry_point, stop):
     process = subprocess.Popen(command, cwd=own_store.folder, env=own_store.env, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True, start_new_session=True, preexec_fn=default_signals)
     for line in process.stdout:  # Wait until it (or the teacher a distillation started) is really training.
-        if line.startswith("step 10:"):
+        if line.startswith("step 10/"):
             break
     if stop == "Ctrl-C":
         os.killpg(process.pid, signal.SIGINT)
@@ -206,7 +206,7 @@ def long_students(store: ProjectStore, count: int) -> list[subprocess.Popen]:
     jobs = [subprocess.Popen(command, cwd=store.folder, env=store.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                              text=True, start_new_session=True) for _ in range(count)]
     for job in jobs:
-        if not any(line.startswith("step 10:") for line in job.stdout):
+        if not any(line.startswith("step 10/") for line in job.stdout):
             raise AssertionError(f"a student stopped before training (exit {job.wait()})")
     return jobs
 

@@ -16,7 +16,7 @@ from kdflow import tracking
 ROOT = Path(__file__).resolve().parents[1]
 # Lowest first: a module may import only from the layers below its own (README, Layout).
 LAYERS = (
-    ("precision", "data"),  # the number format and what "auto" picks; the datasets and .npy files: pure
+    ("precision", "data", "quiet"),  # the number format and what "auto" picks; the datasets and .npy files; what the libraries may print: pure
     ("losses", "models"),  # pure: no MLflow, no Ray
     ("variants",),  # every network, loss, initialiser, recipe and dataset by name, each with what the rest needs
     ("config", "training"),  # the parameters; the training loop

@@ -86,7 +86,7 @@ def test_every_change_is_refused_naming_the_run_and_the_file(teacher_store, logi
     params = json.loads(teacher.data.tags[tracking.PARAMS_TAG])
     teacher_config = config.parse_args("teacher", [f"--{name}={value}" for name, value in params.items()])
     data_digest = teacher.data.tags[tracking.DATA_DIGEST_TAG]
-    assert tracking.find_finished_run("teacher", teacher_config, data_digest, teacher.info.experiment_id) is None
+    assert tracking.find_finished_run("teacher", tracking.run_key("teacher", teacher_config, data_digest), teacher.info.experiment_id) is None
     assert f"not reusing {refused.value}" in capsys.readouterr().out
 
 

@@ -36,10 +36,10 @@ def test_code_version_changes_with_the_training_modules_only(tmp_path, code_vers
     def add_line(source):
         return source + "\nEDITED = True\n"
 
-    # The command line, sweeps, experiments, run naming, liveness, tables, model cards and prediction do
+    # The command line, sweeps, experiments, run naming, liveness, tables, model cards, prediction and output do
     # not change what a finished run trained (tests/test_layers.py derives the training path from the imports).
     others = {path.stem for path in (tmp_path / "kdflow").glob("*.py")} - set(tracking.TRAINING_MODULES) - {"__init__"}
-    assert others == {"cli", "sweeps", "trials", "runs", "liveness", "results", "cards", "predict", "store", "experiments", "checks"}
+    assert others == {"cli", "sweeps", "trials", "runs", "liveness", "results", "cards", "predict", "store", "experiments", "checks", "quiet"}
     for module in others:
         assert edited(tmp_path, code_version, module, add_line) == original, module
     for module in tracking.TRAINING_MODULES:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
@@ -37,7 +38,7 @@ def test_images(raw_mnist):
 
 
 def champion_digits(images: np.ndarray) -> list[int]:
-    return mlflow.pyfunc.load_model(SHORT_CHAMPION_URI).predict(images)["digit"].tolist()
+    return mlflow.pyfunc.load_model(SHORT_CHAMPION_URI).predict(images).tolist()
 
 
 def damaged_png(path: Path, image: np.ndarray) -> None:
@@ -66,6 +67,21 @@ def write_digits(folder: Path, images: np.ndarray) -> Path:
         Image.fromarray(image).save(folder / f"digit{index:02d}.png")
     np.save(folder / "batch.npy", images[20:])
     return folder
+
+
+def test_mlflow_evaluates_the_champion_as_a_user_types_it(store, raw_mnist):
+    # A DataFrame of the 784 pixel columns and a label column, as MLflow users pass their data.
+    images, labels = raw_mnist["x_test"][:500], raw_mnist["y_test"][:500]
+    data = pd.DataFrame(images.reshape(-1, 784), columns=[f"pixel{index}" for index in range(784)]).assign(label=labels)
+    mlflow.set_experiment("evaluations")  # Kept apart: the project's experiment holds only kdflow's runs.
+    with mlflow.start_run():
+        result = mlflow.models.evaluate(SHORT_CHAMPION_URI, data, targets="label", model_type="classifier")
+    accuracy = np.mean(np.array(champion_digits(images)) == labels)
+    assert result.metrics["accuracy_score"] == pytest.approx(accuracy)
+    assert {"precision_score", "recall_score", "f1_score"} <= set(result.metrics)
+    assert {"confusion_matrix", "per_class_metrics"} <= set(result.artifacts)
+    per_class = result.artifacts["per_class_metrics"].content
+    assert sorted(per_class["positive_class"]) == list(range(10)) and {"precision_score", "recall_score", "f1_score"} <= set(per_class)
 
 
 def test_predict_answers_each_file_and_names_the_bad_ones(store, test_images, tmp_path):
@@ -235,8 +251,12 @@ def test_served_champion_answers_mlflow_json_formats(store, test_images):
         ):
             status, answer = post(f"{url}/invocations", body)
             assert status == 200, answer
-            assert [row["digit"] for row in answer["predictions"]] == expected
-            assert all(abs(sum(row["probabilities"]) - 1.0) < 1e-6 for row in answer["predictions"])
+            assert answer["predictions"] == expected
+        # Asked for, each answer carries the ten probabilities beside its digit.
+        status, answer = post(f"{url}/invocations", {"inputs": images.tolist(), "params": {"probabilities": True}})
+        assert status == 200, answer
+        assert [row["digit"] for row in answer["predictions"]] == expected
+        assert all(abs(sum(row["probabilities"]) - 1.0) < 1e-6 for row in answer["predictions"])
         wrong_names = {"dataframe_split": {"columns": [f"p{index}" for index in range(784)], "data": pixels.tolist()}}
         status, answer = post(f"{url}/invocations", wrong_names)
         assert status == 400 and "pixel0, pixel1, ..., pixel783" in answer["message"] and "'p0'" in answer["message"]
@@ -245,7 +265,7 @@ def test_served_champion_answers_mlflow_json_formats(store, test_images):
         binarised = images > 127
         status, answer = post(f"{url}/invocations", {"inputs": binarised.astype(float).tolist()})
         assert status == 200, answer
-        assert [row["digit"] for row in answer["predictions"]] == champion_digits(binarised.astype(np.float32))
+        assert answer["predictions"] == champion_digits(binarised.astype(np.float32))
         status, answer = post(f"{url}/invocations", {"inputs": binarised.astype(int).tolist()})
         assert status == 400 and "as integers 0 and 255, or as floats 0.0 and 1.0" in answer["message"]
         status, answer = post(f"{url}/invocations", {"inputs": np.zeros((1, 784), dtype=int).tolist()})
@@ -269,4 +289,4 @@ def test_served_champion_answers_mlflow_json_formats(store, test_images):
             connection.close()
         time.sleep(0.5)
         status, answer = post(f"{url}/invocations", {"inputs": images.tolist()})
-        assert status == 200 and [row["digit"] for row in answer["predictions"]] == expected
+        assert status == 200 and answer["predictions"] == expected

@@ -1,0 +1,76 @@
+"""What a run prints: kdflow's own lines, and the libraries' start-up noise only when asked for.
+
+TensorFlow writes its start-up lines (oneDNN, CPU features, "Could not find cuda drivers" and, on
+a machine without a GPU, "failed call to cuInit") from C++ straight to the standard error, and
+``TF_CPP_MIN_LOG_LEVEL`` no longer silences them (tensorflow/tensorflow#100442); so TensorFlow is
+imported, and its devices listed, with file descriptor 2 pointed at /dev/null. MLflow's INFO lines,
+and what it says while a job trains (its notes on each registered model and version, its warning
+about pickled models), are held back too; kdflow says what matters in its own lines.
+
+``KDFLOW_VERBOSE=1`` in the environment brings all of it back. The teacher runs and the Ray
+workers a run starts inherit the environment, so one setting covers a whole sweep.
+"""
+
+import contextlib
+import logging
+import os
+import sys
+
+VERBOSE_VARIABLE = "KDFLOW_VERBOSE"
+
+
+def verbose() -> bool:
+    """Whether the libraries may print everything they would (``KDFLOW_VERBOSE`` set, and not 0)."""
+    return os.environ.get(VERBOSE_VARIABLE, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def silence_libraries() -> None:
+    """Keep MLflow's INFO lines out of this process's output, unless verbose."""
+    if not verbose():
+        logging.getLogger("mlflow").setLevel(logging.WARNING)
+
+
+@contextlib.contextmanager
+def _standard_error_discarded():
+    """File descriptor 2 pointed at /dev/null, for C++ code that writes there directly."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def import_tensorflow() -> None:
+    """Import TensorFlow and let it find its devices, silently unless verbose; later imports are free.
+
+    Errors still surface: an import that fails raises once the standard error is back.
+    """
+    if "tensorflow" in sys.modules or verbose():
+        return
+    with _standard_error_discarded():
+        import tensorflow as tf
+
+        tf.config.list_physical_devices("GPU")  # Where CUDA's cuInit complains on a machine without a GPU.
+
+
+@contextlib.contextmanager
+def mlflow_notes_held():
+    """Hold back everything MLflow writes to its log stream (its logger and its notes), unless verbose.
+
+    For a job's span: failures reach the user as exceptions, which kdflow reports itself.
+    """
+    from mlflow.utils.logging_utils import MLFLOW_LOGGING_STREAM
+
+    if verbose():
+        yield
+        return
+    was_enabled = MLFLOW_LOGGING_STREAM.enabled
+    MLFLOW_LOGGING_STREAM.enabled = False
+    try:
+        yield
+    finally:
+        MLFLOW_LOGGING_STREAM.enabled = was_enabled
