@@ -24,7 +24,7 @@ import mlflow
 import pandas as pd
 import ray
 
-from kdflow import cards, checks, liveness, registry, results, runs, tracking, trials, variants
+from kdflow import cards, checks, liveness, quiet, registry, results, runs, tracking, trials, variants
 from kdflow.config import KINDS, to_text
 from kdflow.experiments import Experiment, SweepConfig
 from kdflow.trials import Outcome, Trial, TrialResult
@@ -174,6 +174,7 @@ def finished_trials(planned: list[Trial], experiment_id: str) -> list[tuple[Tria
     dataset must match its pinned digest, so it is known before loading. Each trial resolves
     precision=auto on its own node; the driver looks up what it would choose.
     """
+    quiet.import_tensorflow()  # Before "auto" precision asks TensorFlow about this machine's GPUs.
     finished = tracking.finished_runs_by_key(experiment_id)  # One search for every trial.
 
     def lookup(trial: Trial, teacher_logits_digest: str = "") -> tuple[Trial, object, str]:
