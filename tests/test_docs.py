@@ -198,3 +198,40 @@ def test_every_link_between_the_pages_arrives():
             elif anchor and linked.suffix == ".md" and anchor not in headings(linked):
                 broken.append(f"{page.relative_to(ROOT)}: {target}: no such heading in {linked.relative_to(ROOT)}")
     assert not broken, "\n".join(broken)
+
+
+def expected_cells(name: str) -> list[dict]:
+    return yaml.safe_load((ROOT / "experiments" / name).read_text(encoding="utf-8"))["expected"]["cells"]
+
+
+def results_section() -> str:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    return readme[readme.index("\n## Results\n") : readme.index("\n## Performance and scale\n")]
+
+
+def test_readme_results_are_what_the_experiment_files_measured():
+    """README states as current the figures its experiment files' `expected` blocks hold: each
+    mean of kdtf's table, when and how long it took, and every accuracy and error count the
+    findings quote, each from a file the finding names (or kdtf's own published runs)."""
+    section = results_section()
+    kdtf = yaml.safe_load((ROOT / "experiments" / "kdtf.yaml").read_text(encoding="utf-8"))["expected"]
+    cells = {(cell["row"], float(cell["temperature"])): cell["accuracy"] for cell in kdtf["cells"]}
+    table = [line.strip("|").split("|") for line in section.splitlines() if line.startswith("| ")]
+    header, *rows = [[field.strip() for field in row] for row in table]
+    temperatures = [float(name.removeprefix("T=")) for name in header[1:] if name.startswith("T=")]
+    published = {float(value) for row in rows for value in row[1 + len(temperatures):]}
+    assert len(rows) == 3 and temperatures
+    for row in rows:
+        for temperature, value in zip(temperatures, row[1:]):
+            assert float(value.split()[0]) == cells[(row[0], temperature)], (row[0], temperature)
+    assert kdtf["measured"]["wall_time"].split(" (")[0] in section and str(kdtf["measured"]["date"]) in section
+    findings = [item for item in section.split("\n- ")[1:]]
+    assert len(findings) >= 4
+    for finding in findings:
+        files = re.findall(r"experiments/([\w-]+\.yaml)", finding)
+        quoted = [cell["accuracy"] for name in files + ["kdtf.yaml"] for cell in expected_cells(name)]
+        for percent in re.findall(r"(\d+\.\d+)%", finding):
+            assert float(percent) in set(quoted) | published, (percent, finding)
+        for errors in re.findall(r"\((\d+) errors\)|makes (\d+) errors|against (\d+) alone", finding):
+            count = int(next(filter(None, errors)))
+            assert count in {round((100 - accuracy) * 100) for accuracy in quoted}, (count, finding)
