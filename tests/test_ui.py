@@ -90,6 +90,11 @@ def test_mlflow_ui_shows_runs_metrics_artifacts_and_alias(browser, ui, store, sc
     page.get_by_text("results.png", exact=True).click()
     page.locator("img[alt='results.png']").wait_for(timeout=60_000)
     page.screenshot(path=screenshots / "distill-artifacts.png")
+    # MLflow's evaluation of the run's model: its confusion matrix opens in the preview too.
+    page.get_by_text("confusion_matrix.png", exact=True).click()
+    page.locator("img[alt='confusion_matrix.png']").wait_for(timeout=60_000)
+    page.get_by_text("per_class_metrics.csv", exact=True).wait_for(timeout=60_000)
+    page.screenshot(path=screenshots / "distill-confusion-matrix.png")
 
     # The registered student shows its champion alias (the short runs' setup has its own).
     alias = SHORT_CHAMPION_URI.rsplit("@", 1)[1]
