@@ -47,6 +47,23 @@ def test_distill_trains_a_teacher_once_then_reuses_it(store):
     assert experiment.tags[runs.EXPERIMENT_KIND_TAG] == runs.MODEL_TRAINING
 
 
+def test_runs_print_kdflow_lines_and_the_libraries_only_when_verbose(store):
+    # The first distillation trained its teacher: two processes, each importing TensorFlow.
+    output = store.first_distill.stdout + store.first_distill.stderr
+    for noise in ("cuInit", "absl::InitializeLog", "oneDNN", "system_metrics_monitor", "Successfully registered model",
+                  "CloudPickle", "Add type hints"):
+        assert noise not in output, noise
+    # Each evaluation: the step of the total, the time so far, and (after the first) the time left.
+    steps = [line for line in store.first_distill.stdout.splitlines() if line.startswith("step ")]
+    assert len(steps) == 4 and steps[0].startswith("step 20/40: validation_accuracy ") and steps[0].endswith(" elapsed")
+    assert steps[1].startswith("step 40/40: ")
+    assert re.search(r"^mnist: read from cache: ", store.first_distill.stdout, re.MULTILINE)
+    # KDFLOW_VERBOSE brings the libraries' lines back (here MLflow's, which every machine has).
+    verbose = subprocess.run([sys.executable, "entrypoints/student.py", "--num_steps", "20", "--eval_every", "20"], cwd=ROOT,
+                             env={**store.env, "KDFLOW_VERBOSE": "1"}, capture_output=True, text=True, timeout=600)
+    assert succeeded(verbose) and "system_metrics_monitor" in verbose.stderr
+
+
 def test_runs_log_metrics_dataset_model_and_results(store):
     teacher, *_, student = fixture_runs(store)
     client = mlflow.MlflowClient()
