@@ -2,8 +2,9 @@
 
 Each job takes its configuration and a callable that records each evaluation
 (``tracking.log_evaluation``; a sweep's trial also reports it to Ray Tune). It logs, in order: the
-dataset, a metric line per evaluation, the final scores and the registered model (and, for a
-teacher, its logits on the training split, with their digest and shape). Naming the run, its
+dataset, a metric line per evaluation, the final scores, the registered model and MLflow's
+evaluation of it on the test split (and, for a teacher, its logits on the training split, with
+their digest and shape). Naming the run, its
 parameters, the results table and moving the champion alias once the run is complete are the
 ``runs`` and ``registry`` modules', after the job. TensorFlow is imported inside the jobs, once the
 parameters are known to be good, so bad input fails fast.

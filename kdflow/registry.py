@@ -37,10 +37,10 @@ CHAMPION = "champion"
 # it competes for; the versions of one alias are those with the same tag.
 VALIDATION_ACCURACY_TAG = "validation_accuracy"
 ALIAS_TAG = "champion_alias"
-# What a champion is chosen over: the best student of a network, recipe, loss and setup, however
-# it was distilled (at which temperature, from which teacher) and whatever its seed.
 # The inference parameter that asks for the class probabilities beside each digit.
 PROBABILITIES = "probabilities"
+# What a champion is chosen over: the best student of a network, recipe, loss and setup, however
+# it was distilled (at which temperature, from which teacher) and whatever its seed.
 CHOSEN_OVER = ("temperature", "teacher_temperature", "seed", "teacher", "teacher_signal", "data_dir")
 SIGNATURE = ModelSignature(
     inputs=None,  # Checked by images_to_pixels; see the module docstring.

@@ -209,16 +209,16 @@ class Progress:
 
 
 def run_job(kind: str, config: Config, on_evaluation=None) -> None:
-    """Run one job in the active tracked run: describe it, train, log the results table and print
-    it (printing each evaluation as it comes), or, for a sweep's trial, leave the printing to the sweep.
+    """Run one job in the active tracked run: describe it, train, log the results table.
 
-    ``on_evaluation`` receives each evaluation in a sweep's trial (which reports it to Ray Tune and
-    prints nothing of its own); by default each is logged and printed (``Progress``).
+    By default each evaluation is logged and printed (``Progress``) and so is the table. A sweep's
+    trial passes ``on_evaluation``, which logs each evaluation and reports it to Ray Tune, and
+    prints neither: Ray Tune's progress table shows them, and the sweep prints the table at its end.
     The run key comes last: a run that failed anywhere before it is never reused or counted.
     ``auto`` precision is resolved first, on the machine that trains, so that the parameters,
     the setup, the run key and the teacher looked up all name the format actually used.
     """
-    quiet.import_tensorflow()  # Before "auto" precision asks TensorFlow about the CPU.
+    quiet.import_tensorflow()  # Before "auto" precision asks TensorFlow about this machine's GPUs.
     config = config.resolved()
     describe_run(kind, config)
     with quiet.mlflow_notes_held():
