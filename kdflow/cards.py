@@ -32,6 +32,23 @@ def _cell_of(tables: list[results.Table], run_id: str) -> tuple[str, results.Cel
     return next(((table.label, cell) for table in tables for cell in table.cells if run_id in cell.run_ids), None)
 
 
+def evaluation_lines(run) -> list[str]:
+    """The card's section on MLflow's evaluation of the run's model on the test images, if it ran."""
+    metrics = run.data.metrics
+    if "accuracy_score" not in metrics:
+        return []
+    return [
+        "## Evaluation",
+        "",
+        f"MLflow's classifier evaluation (`mlflow.models.evaluate`) on the {results.TEST_IMAGES:,} test images: "
+        f"accuracy {100 * metrics['accuracy_score']:.2f}%, precision {metrics['precision_score']:.4f}, recall "
+        f"{metrics['recall_score']:.4f} and F1 {metrics['f1_score']:.4f} (weighted over the classes); log loss "
+        f"{metrics['test_log_loss']:.4f}. Per class: the run's `per_class_metrics.csv`; the confusion matrix: its "
+        "`confusion_matrix.png`.",
+        "",
+    ]
+
+
 def render(kind: str, config: Config, run, tables: list[results.Table], teacher_run=None) -> str:
     """The card of the model of ``run`` (a student or distill run of ``config``) as Markdown."""
     tags, metrics = run.data.tags, run.data.metrics
@@ -67,6 +84,7 @@ def render(kind: str, config: Config, run, tables: list[results.Table], teacher_
         f"its results-table cell: {cell_line}.",
         f"- **Reproduce**: `{reproduce_command(kind, config, commit)}`.",
         "",
+        *evaluation_lines(run),
         "## Intended use",
         "",
         f"Classifying {variants.DATASETS[config.dataset].description} in 28 × 28 grey images, light on dark, as the dataset's own: "
@@ -88,11 +106,15 @@ def render(kind: str, config: Config, run, tables: list[results.Table], teacher_
 
 def publish(kind: str, config: Config, tables: list[results.Table], run_id: str | None = None) -> None:
     """Write the card of the registered student version of ``run_id`` (default: the active run);
-    teachers get none. Written again later (a sweep does, at its end), it replaces the card."""
-    if kind == "teacher":
-        return
+    a teacher's version gets its evaluation alone. Written again later (a sweep does, at its end),
+    it replaces the card."""
     client = mlflow.MlflowClient()
     run = client.get_run(run_id or mlflow.active_run().info.run_id)
+    if kind == "teacher":
+        description = "\n".join([f"# Teacher: {run.info.run_name}", "", *evaluation_lines(run)])
+        for version in client.search_model_versions(f"run_id = '{run.info.run_id}'"):
+            client.update_model_version(version.name, version.version, description=description)
+        return
     teacher_run = client.get_run(run.data.tags[tracking.TEACHER_RUN_TAG]) if kind == "distill" else None
     card = render(kind, config, run, tables, teacher_run)
     client.log_text(run.info.run_id, card, ARTIFACT)

@@ -133,6 +133,12 @@ def test_models_are_registered_and_champion_has_best_validation(store):
         assert "**Network**: softmax regression" in card(run_id) and "its results-table cell: " in card(run_id)
     assert "**Teacher**: none" in versions[store.student_id].description
     assert f"**Teacher**: run `{store.teacher_id}`" in versions[store.distill_ids[0]].description
+    # Each version's page also gives MLflow's evaluation of it on the test images, teachers' too.
+    distilled = mlflow.get_run(store.distill_ids[0]).data.metrics
+    assert f"accuracy {100 * distilled['accuracy_score']:.2f}%, precision {distilled['precision_score']:.4f}" in card(store.distill_ids[0])
+    (teacher_version,) = [v for v in client.search_model_versions("name = 'kd-teacher'") if v.run_id == store.teacher_id]
+    assert teacher_version.description.startswith("# Teacher: teacher-T5-seed12")
+    assert "## Evaluation" in teacher_version.description and "confusion_matrix.png" in teacher_version.description
 
 
 def test_mlp_student_distilled_from_a_he_teacher_is_registered_with_its_card_and_predicts(store, fetched_mnist):
