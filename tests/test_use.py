@@ -73,8 +73,12 @@ def test_mlflow_evaluates_the_champion_as_a_user_types_it(store, raw_mnist):
     # A DataFrame of the 784 pixel columns and a label column, as MLflow users pass their data.
     images, labels = raw_mnist["x_test"][:500], raw_mnist["y_test"][:500]
     data = pd.DataFrame(images.reshape(-1, 784), columns=[f"pixel{index}" for index in range(784)]).assign(label=labels)
-    mlflow.set_experiment("evaluations")  # Kept apart: the project's experiment holds only kdflow's runs.
-    with mlflow.start_run():
+    # In an experiment of its own: the project's holds only kdflow's runs. Not set_experiment, which
+    # exports MLFLOW_EXPERIMENT_ID to every process the later tests of this worker start.
+    client = mlflow.MlflowClient()
+    evaluations = client.get_experiment_by_name("evaluations")
+    experiment_id = evaluations.experiment_id if evaluations else client.create_experiment("evaluations")
+    with mlflow.start_run(experiment_id=experiment_id):
         result = mlflow.models.evaluate(SHORT_CHAMPION_URI, data, targets="label", model_type="classifier")
     accuracy = np.mean(np.array(champion_digits(images)) == labels)
     assert result.metrics["accuracy_score"] == pytest.approx(accuracy)
