@@ -47,7 +47,7 @@ def test_distill_trains_a_teacher_once_then_reuses_it(store):
     assert experiment.tags[runs.EXPERIMENT_KIND_TAG] == runs.MODEL_TRAINING
 
 
-def test_runs_print_kdflow_lines_and_the_libraries_only_when_verbose(store):
+def test_runs_print_kdflow_lines_and_the_libraries_only_when_verbose(store, tmp_path):
     # The first distillation trained its teacher: two processes, each importing TensorFlow.
     output = store.first_distill.stdout + store.first_distill.stderr
     for noise in ("cuInit", "absl::InitializeLog", "oneDNN", "system_metrics_monitor", "Successfully registered model",
@@ -58,9 +58,11 @@ def test_runs_print_kdflow_lines_and_the_libraries_only_when_verbose(store):
     assert len(steps) == 4 and steps[0].startswith("step 20/40: validation_accuracy ") and steps[0].endswith(" elapsed")
     assert steps[1].startswith("step 40/40: ")
     assert re.search(r"^mnist: read from cache: ", store.first_distill.stdout, re.MULTILINE)
-    # KDFLOW_VERBOSE brings the libraries' lines back (here MLflow's, which every machine has).
-    verbose = subprocess.run([sys.executable, "entrypoints/student.py", "--num_steps", "20", "--eval_every", "20"], cwd=ROOT,
-                             env={**store.env, "KDFLOW_VERBOSE": "1"}, capture_output=True, text=True, timeout=600)
+    # KDFLOW_VERBOSE brings the libraries' lines back (here MLflow's, which every machine has). In a
+    # store of its own: its student's champion alias must not join the project store's.
+    verbose = subprocess.run([sys.executable, str(ROOT / "entrypoints" / "student.py"), "--num_steps", "20", "--eval_every", "20"],
+                             cwd=tmp_path, env={**store.env, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db",
+                                                "KDFLOW_VERBOSE": "1"}, capture_output=True, text=True, timeout=600)
     assert succeeded(verbose) and "system_metrics_monitor" in verbose.stderr
 
 
