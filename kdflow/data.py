@@ -319,26 +319,26 @@ def load_dataset(dataset: str = "mnist", data_dir: str = "") -> Splits:
 
     cache_file = cache_dir() / f"{dataset}.npz"
     cache = Source(f"cache: {cache_file}", lambda: _read_npz(cache_file), downloads=False)
-    failures, refused = [], []  # Every source's failure; the failures of sources that were there.
+    failures = []  # (source, why) for each source that did not answer, in order; None: it was not there.
     for source in (cache, *DATASETS[dataset].sources):
         if source is cache and not cache_file.exists():
-            failures.append(f"{source.description}: not present")
+            failures.append((source.description, None))
             continue
         try:
             arrays = source.read()
             digest = _verify(dataset, arrays, source.description)
         except Exception as error:  # Any failure of an automatic source just moves on to the next one.
-            message = " ".join(str(error).split())
-            failures.append(f"{source.description}: {message}")
-            refused.append(f"{source.description} refused: {message[:200]}")
+            failures.append((source.description, " ".join(str(error).split())))
             if source is cache:  # A bad cache is deleted, so that the next source's download replaces it.
                 cache_file.unlink(missing_ok=True)
             continue
         if source.downloads:
             _write_cache(cache_file, arrays)
         # One line on where the data came from, and on the sources before it that failed.
-        print(f"{dataset}: read from {source.description}" + "".join(f" ({line})" for line in refused), flush=True)
+        refused = "".join(f" ({where} refused: {why[:200]})" for where, why in failures if why is not None)
+        print(f"{dataset}: read from {source.description}{refused}", flush=True)
         return _make_splits(dataset, digest, source.description, arrays)
-    raise RuntimeError(f"Could not load {dataset}; every source failed:\n  " + "\n  ".join(failures)
+    reasons = (f"{where}: {why or 'not present'}" for where, why in failures)
+    raise RuntimeError(f"Could not load {dataset}; every source failed:\n  " + "\n  ".join(reasons)
                        + "\nDownload the data yourself and pass data_dir=<a directory holding the four IDX "
                        + f"files {', '.join(IDX_FILES.values())} (optionally .gz), or a Keras {dataset}.npz>.")

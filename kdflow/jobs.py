@@ -41,7 +41,7 @@ def _finish(kind: str, config: Config, model, result, splits) -> None:
     )
     model_info = registry.log_model(model, kind, config, splits.validation_images, result.best_validation_accuracy)
     started = time.perf_counter()
-    registry.evaluate(model_info.model_uri, splits.test_images, splits.test_labels)
+    registry.evaluate(model_info.model_id, f"{splits.dataset}-test", splits.test_labels, result.test_digits)
     mlflow.log_metric("model_evaluation_seconds", time.perf_counter() - started)
     mlflow.set_tag(tracking.MODEL_URI_TAG, model_info.model_uri)
     print(f"{kind}: test_accuracy {result.test_accuracy:.4f} (best validation step {result.best_step})")

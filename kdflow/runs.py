@@ -60,6 +60,24 @@ def named_differences(kind: str, config: Config) -> dict[str, str]:
     return config.differences([name for name in KIND_PARAMETERS[kind] if name not in NOT_NAMED])
 
 
+def _prepare_evaluation() -> None:
+    """Do now, before the run's system-metrics thread exists, what mlflow.models.evaluate would do
+    under MLflow's global import-hook lock at the end of the job.
+
+    Its first call imports MLflow's evaluators; and every call, for each library with autologging
+    that is imported (TensorFlow, Keras and scikit-learn here) and not explicitly switched off,
+    runs that library's ``autolog(disable=True)`` while holding that lock, importing MLflow's module
+    for the library the first time. Another thread importing meanwhile (the system-metrics thread,
+    Ray's) can hold a module lock that the import needs while it waits for the hook lock: the two
+    then wait for each other for ever (seen with 1 s sampling).
+    Imported, and switched off, here, the evaluation has nothing to import under that lock.
+    """
+    quiet.import_tensorflow()  # MLflow's TensorFlow module imports it, loudly.
+    importlib.import_module("mlflow.models.evaluation.evaluator_registry")
+    for flavor in ("tensorflow", "keras", "sklearn"):
+        importlib.import_module(f"mlflow.{flavor}").autolog(disable=True)
+
+
 @contextmanager
 def tracked_run(kind: str, parent_run_id=None, experiment_id=None, tags=None):
     """Start (or, under ``mlflow run``, resume) a run; end it FINISHED, FAILED or KILLED.
@@ -71,11 +89,7 @@ def tracked_run(kind: str, parent_run_id=None, experiment_id=None, tags=None):
     process and beats while it lasts (``liveness``), so that it can be ended if that process dies.
     """
     if kind in JOBS:
-        # A job ends with mlflow.models.evaluate, whose first call imports MLflow's evaluators while
-        # holding MLflow's import-hook lock. The system-metrics thread started below can be inside
-        # an import that needs that lock at the same moment, and the two then wait for each other for
-        # ever (seen with 1 s sampling); imported now, before that thread exists, nothing can collide.
-        importlib.import_module("mlflow.models.evaluation.evaluator_registry")
+        _prepare_evaluation()
     run = mlflow.start_run(experiment_id=experiment_id, parent_run_id=parent_run_id, tags=tags, log_system_metrics=True)
     try:
         # Where it runs, in the same write that makes it a kdflow run: liveness can always tell.

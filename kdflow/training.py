@@ -42,6 +42,7 @@ class TrainingResult:
     best_validation_accuracy: float
     test_accuracy: float
     test_log_loss: float  # mean cross-entropy of the labels under the model's probabilities at T = 1
+    test_digits: np.ndarray  # the digit the stored model answers for each test image
     # Training throughput with evaluation time left out, so it compares with a bare loop.
     train_images_per_second: float
     # Where the run's time went, for the performance record: optimiser steps, and evaluation on
@@ -89,12 +90,13 @@ def predict_logits(model: keras.Model, images: np.ndarray) -> np.ndarray:
     return np.concatenate([model.predict_on_batch(images[start : start + PREDICT_BATCH_SIZE]) for start in chunks])
 
 
-def evaluate(model, images, labels, temperature=1.0) -> tuple[float, float]:
-    """Loss (cross-entropy at the model's training temperature) and accuracy on labelled images."""
+def evaluate(model, images, labels, temperature=1.0) -> tuple[float, float, np.ndarray]:
+    """Loss (cross-entropy at the model's training temperature), accuracy and the predicted digits
+    on labelled images."""
     logits = predict_logits(model, images)
     loss = float(hard_loss(tf.constant(labels), tf.constant(logits), temperature))
-    accuracy = float(np.mean(np.argmax(logits, axis=1) == labels))
-    return loss, accuracy
+    digits = np.argmax(logits, axis=1)
+    return loss, float(np.mean(digits == labels)), digits
 
 
 def train(
@@ -156,7 +158,7 @@ def train(
             )
         previous_step = step
         started = time.perf_counter()
-        validation_loss, validation_accuracy = evaluate(
+        validation_loss, validation_accuracy, _ = evaluate(
             model, splits.validation_images, splits.validation_labels, validation_temperature
         )
         evaluation_seconds += time.perf_counter() - started
@@ -169,13 +171,14 @@ def train(
     stored_model = model if config.precision == "float32" else build_model("float32")
     stored_model.set_weights(best_weights)
     started = time.perf_counter()
-    test_log_loss, test_accuracy = evaluate(stored_model, splits.test_images, splits.test_labels)
+    test_log_loss, test_accuracy, test_digits = evaluate(stored_model, splits.test_images, splits.test_labels)
     evaluation_seconds += time.perf_counter() - started
     return stored_model, TrainingResult(
         best_step=best_step,
         best_validation_accuracy=best_validation_accuracy,
         test_accuracy=test_accuracy,
         test_log_loss=test_log_loss,
+        test_digits=test_digits,
         train_images_per_second=config.num_steps * config.batch_size / training_seconds,
         train_seconds=training_seconds,
         evaluation_seconds=evaluation_seconds,

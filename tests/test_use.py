@@ -88,6 +88,18 @@ def test_mlflow_evaluates_the_champion_as_a_user_types_it(store, raw_mnist):
     assert sorted(per_class["positive_class"]) == list(range(10)) and {"precision_score", "recall_score", "f1_score"} <= set(per_class)
 
 
+def test_the_champion_run_evaluated_what_its_logged_model_answers(store, raw_mnist):
+    # The run hands MLflow the digits its network gave for its test score; the model it logged,
+    # loaded back as a user loads it, answers the same on all 10,000 test images.
+    client = mlflow.MlflowClient()
+    version = client.get_model_version_by_alias("kd-student", SHORT_CHAMPION_URI.rsplit("@", 1)[1])
+    metrics = client.get_run(version.run_id).data.metrics
+    digits = np.array(champion_digits(raw_mnist["x_test"]))
+    assert metrics["example_count"] == len(digits) == 10_000
+    assert metrics["accuracy_score"] == np.mean(digits == raw_mnist["y_test"])
+    assert metrics["test_accuracy"] == metrics["accuracy_score"]
+
+
 def test_predict_answers_each_file_and_names_the_bad_ones(store, test_images, tmp_path):
     folder = write_digits(tmp_path / "digits", test_images)
     (folder / "notes.png").write_text("not a picture")
