@@ -33,6 +33,7 @@ from a finished run's metric history; efficiency: ideal / actual wall time). Goa
 import argparse
 import heapq
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -327,6 +328,7 @@ def main(argv: list[str] | None = None) -> dict:
                 report = measure(arguments, arguments_grid, cluster, server, folder)
             except BaseException:
                 print_driver_logs(folder / "logs")  # The folder goes with the benchmark; what each driver said stays.
+                print_trial_stacks()
                 raise
             finally:
                 server.kill()
@@ -339,6 +341,24 @@ def print_driver_logs(logs: Path, lines: int = 40) -> None:
         own = [line for line in log.read_text(errors="replace").splitlines()
                if not line.startswith(("(", "\x1b[36m(", "│", "├", "╭", "╰"))]
         print(f"--- {log.name}, last {lines} of its own lines:", *own[-lines:], sep="\n", flush=True)
+
+
+def print_trial_stacks() -> None:
+    """Where each sweep driver and Ray Tune trial worker on this machine is (py-spy), for a sweep
+    that failed or never ended: a trial waiting for ever shows what it waits on."""
+    py_spy = shutil.which("py-spy", path=str(Path(sys.executable).parent))
+    if py_spy is None:
+        print("(py-spy is not installed here: no stacks of the trial workers)", flush=True)
+        return
+    for process in Path("/proc").iterdir():
+        try:
+            command = (process / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:  # Not a process, or one that has just ended.
+            continue
+        if command.startswith("ray::ImplicitFunc") or "entrypoints/sweep.py" in command:
+            dump = subprocess.run([py_spy, "dump", "--pid", process.name], capture_output=True, text=True, timeout=60)
+            print(f"--- stacks of process {process.name} ({command[:80].strip()}):", (dump.stdout or dump.stderr)[-6000:],
+                  sep="\n", flush=True)
 
 
 def measure(arguments, arguments_grid, cluster, server, folder) -> dict:
