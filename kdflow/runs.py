@@ -61,21 +61,20 @@ def named_differences(kind: str, config: Config) -> dict[str, str]:
 
 
 def _prepare_evaluation() -> None:
-    """Do now, before the run's system-metrics thread exists, what mlflow.models.evaluate would do
+    """Do now, before the run's threads start, what mlflow.models.evaluate would otherwise do
     under MLflow's global import-hook lock at the end of the job.
 
     Its first call imports MLflow's evaluators; and every call, for each library with autologging
-    that is imported (TensorFlow, Keras and scikit-learn here) and not explicitly switched off,
-    runs that library's ``autolog(disable=True)`` while holding that lock, importing MLflow's module
-    for the library the first time. Another thread importing meanwhile (the system-metrics thread,
-    Ray's) can hold a module lock that the import needs while it waits for the hook lock: the two
-    then wait for each other for ever (seen with 1 s sampling).
-    Imported, and switched off, here, the evaluation has nothing to import under that lock.
+    that is imported (TensorFlow, Keras and scikit-learn in a job) and not explicitly switched
+    off, runs that library's ``autolog(disable=True)`` while holding that lock, importing MLflow's
+    module for the library the first time. Another thread importing meanwhile (the run's
+    system-metrics thread, its heartbeat, Ray's) can hold a module lock that the import needs while
+    it waits for the hook lock: the two then wait for each other for ever (seen with 1 s sampling).
+    Switched off here, autologging is marked off for each library as it is imported, outside that
+    lock, and TensorFlow is still imported only once the job's parameters are known to be good.
     """
-    quiet.import_tensorflow()  # MLflow's TensorFlow module imports it, loudly.
     importlib.import_module("mlflow.models.evaluation.evaluator_registry")
-    for flavor in ("tensorflow", "keras", "sklearn"):
-        importlib.import_module(f"mlflow.{flavor}").autolog(disable=True)
+    mlflow.autolog(disable=True)
 
 
 @contextmanager
