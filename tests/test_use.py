@@ -90,13 +90,15 @@ def test_mlflow_evaluates_the_champion_as_a_user_types_it(store, raw_mnist):
 
 def test_the_champion_run_evaluated_what_its_logged_model_answers(store, raw_mnist):
     # The run hands MLflow the digits its network gave for its test score; the model it logged,
-    # loaded back as a user loads it, answers the same on all 10,000 test images.
+    # loaded back as a user loads it, answers the same on all 10,000 test images, but for a near
+    # tie that float32 rounding may break the other way: the run scales bytes by 1/255 and calls
+    # predict_on_batch, the pyfunc divides by 255 and calls the network eagerly.
     client = mlflow.MlflowClient()
     version = client.get_model_version_by_alias("kd-student", SHORT_CHAMPION_URI.rsplit("@", 1)[1])
     metrics = client.get_run(version.run_id).data.metrics
     digits = np.array(champion_digits(raw_mnist["x_test"]))
     assert metrics["example_count"] == len(digits) == 10_000
-    assert metrics["accuracy_score"] == np.mean(digits == raw_mnist["y_test"])
+    assert abs(metrics["accuracy_score"] - np.mean(digits == raw_mnist["y_test"])) <= 2 / 10_000
     assert metrics["test_accuracy"] == metrics["accuracy_score"]
 
 
