@@ -17,8 +17,9 @@ server only because the sweep hands the credentials to them in Ray's job environ
 Checked: the job succeeds; the sweep and its teacher, student and distillation runs are FINISHED,
 children of the sweep, in the PostgreSQL database itself, with trials on both nodes; the sweep's
 trials.csv and results table are served by the artifact proxy; anonymous
-requests get 401; the admin password is in no MLflow parameter or tag and in no file of Ray
-Tune's results; and a tracking URI holding a password is refused.
+requests get 401; a good password is checked once a minute, not on every request; the admin
+password is in no MLflow parameter or tag and in no file of Ray Tune's results; and a tracking
+URI holding a password is refused.
 
 Cleaning up: `ray stop` would stop every Ray cluster on the machine, other tests' too. Every
 process the block starts (the tracking server, both nodes' Ray processes, the job's driver and
@@ -107,6 +108,41 @@ def end_marked_processes(marker: str) -> None:
     assert not marked_processes(marker), "processes of the recipe's cluster survived SIGKILL"
 
 
+def command_line(pid: int) -> bytes:
+    try:
+        return (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ")
+    except OSError:  # It has just ended.
+        return b""
+
+
+def descendants(pid: int) -> list[int]:
+    """The processes started by ``pid``, and by them, and so on."""
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        try:
+            parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (ValueError, OSError):  # Not a process, or one that has just ended.
+            continue
+    found, frontier = [], [pid]
+    while frontier:
+        children = [child for child, parent in parents.items() if parent in frontier]
+        found += children
+        frontier = children
+    return found
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """The CPU time (user and system) the processes have used so far."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime and stime, the stat file's fields 14 and 15
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def postgres_unavailable() -> str | None:
     """Why Debian's PostgreSQL server cannot be had here, or None when it is installed."""
     try:
@@ -185,6 +221,15 @@ def test_the_cluster_recipe_runs_as_written(fetched_mnist, monkeypatch):
         credentials = {"MLFLOW_TRACKING_URI": uri, "MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": PASSWORD}
         for name, value in credentials.items():
             monkeypatch.setenv(name, value)
+        # A good password is checked once a minute (basic_auth.ini's auth_cache_ttl_seconds), not on
+        # every request: 40 requests cost the server far less CPU than 40 scrypt checks (0.1 s each).
+        server = [pid for pid in marked_processes(marker) if b"mlflow server" in command_line(pid)]
+        server += [child for pid in server for child in descendants(pid)]  # uvicorn and its workers
+        assert server, "no process of the tracking server was found"
+        before = cpu_seconds(server)
+        for _ in range(40):
+            mlflow.MlflowClient().search_experiments(max_results=1)
+        assert cpu_seconds(server) - before < 3, f"40 requests took {cpu_seconds(server) - before:.1f} s of the server's CPU"
         runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
         kinds = {run.data.tags.get("kdflow.kind"): run for run in runs}
         assert sorted(kinds) == ["distill", "student", "sweep", "teacher"] and len(runs) == 4, [run.data.tags for run in runs]
