@@ -37,7 +37,8 @@ SHORT_CHAMPION_URI = f"models:/kd-student@{registry.champion_alias('distill', co
 # The suite runs on two pytest-xdist workers (pyproject.toml), and modules mark their group:
 # tests that start Ray clusters ("ray") run one after another on one worker, since two at once
 # would starve each other's trials on two cores; tests on the session's project store
-# ("project_store") share a worker, so that the store is built once.
+# ("project_store") share a worker, so that the store is built once; so do the tests of a module
+# whose module-scoped store trains a model ("teacher_logits").
 
 
 def refuse_keras(*arguments, **keywords):

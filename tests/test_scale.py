@@ -1,4 +1,4 @@
-"""The scale benchmark in small, with its faults: a 4-node Ray cluster on this machine, 10 short
+"""The scale benchmark in small, with its faults: a 3-node Ray cluster on this machine, 10 short
 distillations tracked by `mlflow server` on a real PostgreSQL, then a 10-trial sweep meeting the
 faults in turn (a worker node removed; the driver suspended while a resume is refused, then killed,
 and the sweep resumed; the server killed and restarted).
@@ -19,7 +19,7 @@ from tests.conftest import install_debian_package
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]  # tests/conftest.py says why
 
 
-def test_trials_on_four_nodes_and_postgresql_and_faults_lose_nothing(fetched_mnist, monkeypatch, capsys):
+def test_trials_on_three_nodes_and_postgresql_and_faults_lose_nothing(fetched_mnist, monkeypatch, capsys):
     reason = install_debian_package("postgresql", Path("/usr/lib/postgresql"))
     if reason:
         pytest.skip(f"PostgreSQL cannot be installed here, so the PostgreSQL-backed cluster is not run: {reason}")
@@ -27,7 +27,7 @@ def test_trials_on_four_nodes_and_postgresql_and_faults_lose_nothing(fetched_mni
     for name in ("MLFLOW_TRACKING_URI", "PYTHONPATH", "KDFLOW_BENCH_CALL_LOG"):  # The benchmark sets these itself.
         monkeypatch.setenv(name, "")
 
-    report = bench_scale.main(["--nodes", "4", "--trials", "10", "--cold-trials", "0", "--faults", "--fault-trials", "10"])
+    report = bench_scale.main(["--nodes", "3", "--trials", "10", "--cold-trials", "0", "--faults", "--fault-trials", "10"])
 
     expected = {"finished": 10, "duplicates": 0, "running": 0, "missing_metric_steps": 0}
     assert {name: report[name] for name in expected} == expected, capsys.readouterr().out
@@ -36,4 +36,4 @@ def test_trials_on_four_nodes_and_postgresql_and_faults_lose_nothing(fetched_mni
         check = report["faults"][fault]
         assert (check["duplicates"], check["missing_metric_steps"]) == (0, 0) and check["finished"] > 0, (fault, check)
     assert report["faults"]["restart_server"] == expected, capsys.readouterr().out
-    assert "scale: backend=postgresql nodes=4 trials=10 finished=10 duplicates=0 running=0" in capsys.readouterr().out
+    assert "scale: backend=postgresql nodes=3 trials=10 finished=10 duplicates=0 running=0" in capsys.readouterr().out

@@ -19,7 +19,8 @@ from mlflow.utils.file_utils import local_file_uri_to_path
 from kdflow import config, tracking
 from tests.conftest import ROOT, SHORT, ProjectStore, succeeded
 
-pytestmark = pytest.mark.slow
+# One worker runs them all (tests/conftest.py): the module's store, and the teacher it trains, are built once.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("teacher_logits")]
 
 STEPS = [f"--{name}={value}" for name, value in SHORT.items()]
 
