@@ -47,14 +47,22 @@ def _standard_error_discarded():
 def import_tensorflow() -> None:
     """Import TensorFlow and let it find its devices, silently unless verbose; later imports are free.
 
-    Errors still surface: an import that fails raises once the standard error is back.
+    Keras' own messages go to absl's log, which shows warnings only: its "Downloading data from"
+    line, printed before a download that a machine without internet then refuses, is not
+    kdflow's to print (kdflow says which source answered). kdflow's training loop prints its own
+    progress, so no Keras progress bar is lost. Errors still surface: an import that fails raises
+    once the standard error is back.
     """
-    if "tensorflow" in sys.modules or verbose():
+    if verbose():
         return
-    with _standard_error_discarded():
-        import tensorflow as tf
+    if "tensorflow" not in sys.modules:
+        with _standard_error_discarded():
+            import tensorflow as tf
 
-        tf.config.list_physical_devices("GPU")  # Where CUDA's cuInit complains on a machine without a GPU.
+            tf.config.list_physical_devices("GPU")  # Where CUDA's cuInit complains on a machine without a GPU.
+    import keras
+
+    keras.config.disable_interactive_logging()
 
 
 @contextlib.contextmanager
