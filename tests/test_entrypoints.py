@@ -19,7 +19,7 @@ import pytest
 from scipy.special import softmax
 
 from kdflow import cards, config, data, precision, registry, runs, tracking
-from tests.conftest import MLFLOW, ROOT, SHORT, SHORT_CHAMPION_URI, run_id_of, succeeded
+from tests.conftest import MLFLOW, ROOT, SHORT, run_id_of, short_champion_uri, succeeded
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("project_store")]  # tests/conftest.py says why
 
@@ -121,7 +121,7 @@ def test_models_are_registered_and_champion_has_best_validation(store):
     assert client.search_model_versions("name = 'kd-teacher'")[-1].run_id == store.teacher_id
     # The short runs' champion is the best student of their setup, and kdtf's @champion is not
     # theirs to take: a 40-step student never answers for kdtf's 5000-step setup.
-    alias = SHORT_CHAMPION_URI.rsplit("@", 1)[1]
+    alias = short_champion_uri().rsplit("@", 1)[1]
     students = [v for v in versions.values() if v.tags[registry.ALIAS_TAG] == alias]
     champion = client.get_model_version_by_alias("kd-student", alias)
     best = max(float(version.tags[registry.VALIDATION_ACCURACY_TAG]) for version in students)
@@ -204,11 +204,11 @@ def test_champion_classifies_test_images_in_a_fresh_process(store, raw_mnist, tm
     images_path = tmp_path / "test_images.npy"
     np.save(images_path, raw_mnist["x_test"])  # uint8 (10000, 28, 28), read by the test, not kdflow
     process = succeeded(
-        subprocess.run([sys.executable, "-c", CLASSIFY, str(images_path), SHORT_CHAMPION_URI], env=store.env, capture_output=True, text=True)
+        subprocess.run([sys.executable, "-c", CLASSIFY, str(images_path), short_champion_uri()], env=store.env, capture_output=True, text=True)
     )
     answer = json.loads(process.stdout.strip().splitlines()[-1])
     accuracy = np.mean(np.array(answer["digits"]) == raw_mnist["y_test"])
-    champion = mlflow.MlflowClient().get_model_version_by_alias("kd-student", SHORT_CHAMPION_URI.rsplit("@", 1)[1])
+    champion = mlflow.MlflowClient().get_model_version_by_alias("kd-student", short_champion_uri().rsplit("@", 1)[1])
     # Scored in float32 by the run and by the loaded model alike, whatever format it trained in.
     assert accuracy == mlflow.get_run(champion.run_id).data.metrics["test_accuracy"]
     assert answer["float_digits"] == answer["digits"]

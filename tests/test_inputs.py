@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from kdflow import predict, registry
-from tests.conftest import SHORT_CHAMPION_URI
+from tests.conftest import short_champion_uri
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("project_store")]  # tests/conftest.py says why
 
@@ -37,7 +37,7 @@ def test_every_damaged_png_is_its_own_error_and_the_next_file_is_answered(store,
         path = tmp_path / f"damaged{index:04d}.png"
         path.write_bytes(damaged)
         files += [path, good]
-    model = mlflow.pyfunc.load_model(SHORT_CHAMPION_URI)
+    model = mlflow.pyfunc.load_model(short_champion_uri())
     answers = list(predict.predict_files(model, files))  # Never raises.
     # One answer or one error per file, in order.
     assert [answer["file"] for answer in answers] == [str(path) for path in files]
@@ -57,7 +57,7 @@ def test_a_npy_file_cut_short_while_read_keeps_the_answers_before_the_cut(store,
     np.save(path, images)
     good = tmp_path / "good.png"
     Image.fromarray(images[0]).save(good)
-    model = mlflow.pyfunc.load_model(SHORT_CHAMPION_URI)
+    model = mlflow.pyfunc.load_model(short_champion_uri())
     answers = predict.predict_files(model, [path, good])
     first = next(answers)  # The first chunk is answered: the file is read from disk again for the next.
     os.truncate(path, path.stat().st_size - 3 * 28 * 28)
@@ -86,7 +86,7 @@ def test_pictures_are_read_as_a_viewer_shows_them(store, raw_mnist, tmp_path):
     for level in (0, 255):  # Blank pages, black and white, of MNIST's own size.
         files.append(tmp_path / f"blank{level}.png")
         Image.new("L", (28, 28), level).save(files[-1])
-    model = mlflow.pyfunc.load_model(SHORT_CHAMPION_URI)
+    model = mlflow.pyfunc.load_model(short_champion_uri())
     answers = {answer["file"]: answer for answer in predict.predict_files(model, files)}
     assert Image.open(files[0]).mode == "L" and Image.open(files[1]).mode == "I;16"
     expected = model.predict(digits).tolist()
