@@ -14,15 +14,19 @@ UNREACHABLE = "http://127.0.0.1:9/absent.npz"  # the discard port: nothing liste
 
 @pytest.fixture
 def keras_messages(monkeypatch, tmp_path, capsys):
-    """What Keras prints on a refused download; Keras' printing is restored afterwards."""
+    """What Keras prints on a refused download, from Keras' default of printing; this process's
+    setting is put back afterwards (a module that called quiet.import_tensorflow may have set it)."""
     def download() -> str:
         with pytest.raises(Exception, match="URL fetch failure"):
             keras.utils.get_file("absent.npz", origin=UNREACHABLE, cache_dir=str(tmp_path))
         return capsys.readouterr().out
 
     monkeypatch.delenv(quiet.VERBOSE_VARIABLE, raising=False)
-    yield download
+    was_enabled = keras.config.is_interactive_logging_enabled()
     keras.config.enable_interactive_logging()
+    yield download
+    if not was_enabled:
+        keras.config.disable_interactive_logging()
 
 
 def test_keras_download_line_is_not_printed(keras_messages):
