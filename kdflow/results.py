@@ -17,11 +17,17 @@ cell counts each seed once, the newest run of that seed, so rerunning a command 
 or invents a spread; it keeps the ids of its runs (results.csv and results.json), so every number
 can be traced. Beside each table are the published numbers of its student network, if it has
 any (``variants.Reference``: kdtf's README, Hinton et al.).
+
+The report tabulates the whole experiment. A training run, and a sweep at its end, tabulate only
+the rows they are in, beside the teacher and the student-alone rows of their tables: those runs are
+found by narrow searches on the server (``neighbours``), so what a run reads does not grow with
+the experiment, and each cell is the one the whole experiment's table has.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import statistics
 import textwrap
@@ -95,39 +101,121 @@ def _config(kind: str, params: dict) -> Config:
                      for name in KIND_PARAMETERS[kind] if name in params})
 
 
-def collect_runs(experiment_id: str, include_run_id: str | None = None, client=None) -> list[RunRecord]:
-    """Read the finished, complete kdflow runs of the experiment, plus the calling run if given.
+def _record(run) -> RunRecord | None:
+    """The run reduced to what the table needs, or None for a run that has no cell: another kind
+    of run (the report, a sweep) or one without a logged accuracy. A run whose parameters this
+    code no longer takes (a run of another code version) keeps ``config`` None: counted, not pooled."""
+    tags, metrics = run.data.tags, run.data.metrics
+    kind = tags.get(KIND_TAG)
+    if kind not in KIND_PARAMETERS or "test_accuracy" not in metrics:
+        return None
+    try:
+        # The canonical values: `mlflow run` logs parameters as typed ("5", "''").
+        config = _config(kind, json.loads(tags.get(PARAMS_TAG, "{}")))
+    except ValueError:
+        config = None
+    return RunRecord(run.info.run_id, kind, config, tags.get(CODE_VERSION_TAG, ""), run.info.start_time,
+                     float(metrics["test_accuracy"]))
 
-    A run is complete once its run key is written, the last thing a job writes. The calling run
-    is still RUNNING and not yet keyed when it regenerates the table, so it is fetched by id;
-    every other run that did not complete (failed, killed, still training) is left out, and so is
-    one whose parameters this code no longer takes (a run of another code version, not counted).
-    """
-    client = client or mlflow.MlflowClient()
+
+def _search(client, experiment_id: str, filter_string: str) -> list:
     runs, page = [], None
     while page is None or page.token:  # search_runs answers in pages of at most 1000 runs.
-        token = page.token if page else None
-        page = client.search_runs([experiment_id], "attributes.status = 'FINISHED'", page_token=token)
+        page = client.search_runs([experiment_id], filter_string, page_token=page.token if page else None)
         runs.extend(page)
-    if include_run_id and all(run.info.run_id != include_run_id for run in runs):
-        runs.append(client.get_run(include_run_id))
+    return runs
+
+
+def collect_runs(experiment_id: str, client=None) -> list[RunRecord]:
+    """Read every finished, complete kdflow run of the experiment: the report's table.
+
+    A run is complete once its run key is written, the last thing a job writes; every run that
+    did not complete (failed, killed, still training) is left out. A training run's own table
+    reads ``neighbours`` instead, and a sweep's check ``runs_by_id``.
+    """
+    client = client or mlflow.MlflowClient()
+    runs = _search(client, experiment_id, "attributes.status = 'FINISHED'")
+    records = [(run, _record(run)) for run in runs]
+    return [record for run, record in records if record and RUN_KEY_TAG in run.data.tags]
+
+
+def runs_by_id(experiment_id: str, run_ids: list[str], client=None) -> list[RunRecord]:
+    """The runs with these ids, in a search or a few: the callers' own, counted whether finished
+    and keyed or not, since a training run tabulates itself before it ends and writes its key."""
+    client = client or mlflow.MlflowClient()
+    run_ids = sorted(set(run_ids))
     records = []
-    for run in runs:
-        tags, metrics = run.data.tags, run.data.metrics
-        kind = tags.get(KIND_TAG)
-        # Runs of other kinds (the report run) or without a logged accuracy have no cell.
-        if kind not in KIND_PARAMETERS or "test_accuracy" not in metrics:
+    for start in range(0, len(run_ids), 500):  # A filter of 500 ids stays well inside a request's size.
+        quoted = ", ".join(f"'{run_id}'" for run_id in run_ids[start:start + 500])
+        records += [_record(run) for run in _search(client, experiment_id, f"attributes.run_id IN ({quoted})")]
+    return [record for record in records if record]
+
+
+def _neighbour_queries(record: RunRecord) -> set[tuple[str, tuple]]:
+    """What a run's own tables need besides itself, as (kind, parameters) that the runs must have:
+    the teachers and the students alone of its table and, for a distillation, its row (the same
+    table and distillation parameters, any temperature and seed) and, where its teacher trained at
+    one fixed T, kdtf's way distillations at that T (build_tables counts them in its row too)."""
+    queries = {("teacher", record.side(TEACHER_SIDE)), ("student", record.side(STUDENT_SIDE))}
+    if record.kind != "distill":
+        return queries
+    own_row = record.side(TABLE_PARAMETERS + ROW_PARAMETERS)
+    queries.add(("distill", own_row))
+    config = record.config
+    if config.teacher_temperature is not None and not config.teacher:
+        kdtf_way = dict(own_row) | {"teacher_temperature": "", "temperature": to_text(config.teacher_temperature)}
+        queries.add(("distill", tuple(kdtf_way.items())))
+    return queries
+
+
+def _filter_string(kind: str, parameters: tuple, version: str) -> str:
+    """The server-side search for the finished, complete runs of ``kind`` and this code version,
+    with an accuracy, whose parameters tag holds these values. ``LIKE`` can only widen it (``_``
+    matches any character), and a value it cannot quote is left to the exact check that follows."""
+    clauses = ["attributes.status = 'FINISHED'", "metrics.test_accuracy >= 0", f"tags.`{KIND_TAG}` = '{kind}'",
+               f"tags.`{CODE_VERSION_TAG}` = '{version}'", f"tags.`{RUN_KEY_TAG}` IS NOT NULL"]
+    for name, value in parameters:
+        pair = json.dumps({name: value})[1:-1]  # As json.dumps wrote it into the tag: "name": "value"
+        if "'" not in pair and "\\" not in pair and "%" not in pair:
+            clauses.append(f"tags.`{PARAMS_TAG}` LIKE '%{pair}%'")
+    return " and ".join(clauses)
+
+
+def neighbours(experiment_id: str, anchors: list[RunRecord], client=None) -> list[RunRecord]:
+    """The anchors and the runs of this code version their own tables need (``_neighbour_queries``),
+    each found by a narrow search on the server: a few searches per distinct row, however many
+    other runs the experiment holds."""
+    client = client or mlflow.MlflowClient()
+    version = code_version()
+    found = {anchor.run_id: anchor for anchor in anchors}
+    queries = set().union(*(_neighbour_queries(anchor) for anchor in anchors if anchor.config is not None))
+    for kind, parameters in sorted(queries):
+        for run in _search(client, experiment_id, _filter_string(kind, parameters, version)):
+            record = _record(run)
+            # The exact check: the search may have let through more than the parameters name.
+            if record and record.config is not None and record.kind == kind and set(parameters) <= set(
+                    record.side(KIND_PARAMETERS[kind])):
+                found.setdefault(record.run_id, record)
+    return list(found.values())
+
+
+def tables_of(anchors: list[RunRecord], records: list[RunRecord]) -> list[Table]:
+    """The tables the anchors are in, built from ``records`` (``neighbours``), with the anchors'
+    own rows and the teacher and student-alone rows. Their cells are those of the whole
+    experiment's tables; other rows, and tables no anchor is in, are left out rather than shown
+    with some of their runs."""
+    wanted = {(anchor.side(TABLE_PARAMETERS), row_label(anchor)) for anchor in anchors if anchor.config is not None}
+    tables = []
+    for table in build_tables(records):
+        identity = tuple(table.identity.items())
+        if not any((identity, row) in wanted for row in table.rows):
             continue
-        if RUN_KEY_TAG not in tags and run.info.run_id != include_run_id:
-            continue
-        try:
-            # The canonical values: `mlflow run` logs parameters as typed ("5", "''").
-            config = _config(kind, json.loads(tags.get(PARAMS_TAG, "{}")))
-        except ValueError:
-            config = None
-        records.append(RunRecord(run.info.run_id, kind, config, tags.get(CODE_VERSION_TAG, ""), run.info.start_time,
-                                 float(metrics["test_accuracy"])))
-    return records
+        rows = tuple(row for row in table.rows if row in (TEACHER_ROW, STUDENT_ROW) or (identity, row) in wanted)
+        cells = [cell for cell in table.cells if cell.row in rows]
+        temperatures = sorted({cell.temperature for cell in cells if cell.row != STUDENT_ROW}) or [1.0]
+        cells = [cell for cell in cells if cell.temperature in temperatures]
+        tables.append(dataclasses.replace(table, rows=rows, temperatures=tuple(temperatures), cells=tuple(cells)))
+    return tables
 
 
 def row_label(record: RunRecord, fixed_teacher: bool = False) -> str:
@@ -230,14 +318,16 @@ def _reference_columns(table: Table) -> tuple[list[str], list[list[str]]]:
     return [f"{reference.source} T={t:g}" for t in temperatures], values
 
 
-def render_markdown(tables: list[Table], version: str = "", other_versions: int = 0) -> str:
-    """Render one Markdown table per table, with the published numbers as the last columns."""
+def render_markdown(tables: list[Table], version: str = "", other_versions: int | None = None) -> str:
+    """Render one Markdown table per table, with the published numbers as the last columns, under
+    the code version and (where the whole experiment was read) how many runs of others it holds."""
     lines = ["# Results: test accuracy (%) on MNIST", "",
              "Each cell is mean ± sample std (number of seeds) over finished runs, one run per seed,",
              "no std for one seed; kdtf columns: the original kdtf README; Hinton et al. columns: their",
              "MNIST test errors (2015, section 3). Run ids per cell: results.csv, results.json."]
     if version:
-        lines.append(f"Code version `{version}`; finished runs of other code versions, not counted: {other_versions}.")
+        others = f"; finished runs of other code versions, not counted: {other_versions}" if other_versions is not None else ""
+        lines.append(f"Code version `{version}`{others}.")
     if not tables:
         return "\n".join(lines + ["", "No finished runs yet: there is nothing to tabulate.", ""])
     for table in tables:
@@ -293,12 +383,19 @@ def write_results(tables: list[Table], out_dir: Path, markdown: str | None = Non
     return paths
 
 
-def regenerate(experiment_id: str, out_dir: Path, include_run_id: str | None = None) -> tuple[str, list[Table]]:
-    """Collect the runs of this code version, build the tables, write the four files; return the
-    Markdown and the tables."""
+def regenerate(experiment_id: str, out_dir: Path, anchor_run_ids: list[str] | None = None) -> tuple[str, list[Table]]:
+    """Build the tables of this code version and write the four files; return the Markdown and the
+    tables. By default every table of the experiment (the report's); with ``anchor_run_ids``, the
+    tables those runs are in (a run's own, a sweep's trials'), read without the rest of the
+    experiment, so that their cost does not grow with it."""
     version = code_version()
-    records = collect_runs(experiment_id, include_run_id)
-    tables = build_tables([record for record in records if record.code_version == version])
-    markdown = render_markdown(tables, version, sum(record.code_version != version for record in records))
+    if anchor_run_ids is None:
+        records = collect_runs(experiment_id)
+        tables = build_tables([record for record in records if record.code_version == version])
+        markdown = render_markdown(tables, version, sum(record.code_version != version for record in records))
+    else:
+        anchors = [record for record in runs_by_id(experiment_id, anchor_run_ids) if record.code_version == version]
+        tables = tables_of(anchors, neighbours(experiment_id, anchors))
+        markdown = render_markdown(tables, version)
     write_results(tables, out_dir, markdown)
     return markdown, tables

@@ -181,12 +181,12 @@ def _link_teacher() -> None:
     )
 
 
-def log_results() -> tuple[str, list[results.Table]]:
-    """Regenerate the experiment's results table as the active run's artifacts; return the Markdown
-    and the tables."""
+def log_results(anchor_run_ids: list[str] | None) -> tuple[str, list[results.Table]]:
+    """Regenerate the results tables of these runs (None: of the whole experiment) as the active
+    run's artifacts; return the Markdown and the tables."""
     run = mlflow.active_run()
     with tempfile.TemporaryDirectory() as folder:
-        markdown, tables = results.regenerate(run.info.experiment_id, Path(folder), include_run_id=run.info.run_id)
+        markdown, tables = results.regenerate(run.info.experiment_id, Path(folder), anchor_run_ids)
         mlflow.log_artifacts(folder)
     return markdown, tables
 
@@ -238,7 +238,7 @@ def run_job(kind: str, config: Config, on_evaluation=None) -> None:
         JOBS[kind](config, on_evaluation or Progress(config.num_steps))
     if kind == "distill":
         _link_teacher()
-    markdown, tables = log_results()
+    markdown, tables = log_results([mlflow.active_run().info.run_id])
     if on_evaluation is None:
         print(markdown)
     cards.publish(kind, config, tables)
@@ -250,4 +250,4 @@ def report() -> None:
     # A tracked run like the others, so a failed report also ends FAILED with its error recorded.
     with tracked_run("report"):
         name_run("report", "The results table, regenerated from the experiment's finished runs.")
-        print(log_results()[0])
+        print(log_results(None)[0])

@@ -11,6 +11,7 @@ against this sweep's table (``check.md``). How the trials run on Ray Tune, and i
 ``kdflow.trials``'.
 """
 
+import concurrent.futures
 import dataclasses
 import json
 import math
@@ -31,6 +32,8 @@ from kdflow.trials import Outcome, Trial, TrialResult
 
 RESUMED_TAG = "kdflow.resumed_sweep"
 CHECK_TAG = "kdflow.check"
+# Cards written at once at a sweep's end: each waits mostly on the server, which serves several.
+CARD_WRITERS = 8
 # The tracking server's credentials, which every trial needs and no record may show.
 CREDENTIALS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
 
@@ -264,13 +267,30 @@ def describe_sweep(experiment: Experiment) -> None:
     mlflow.log_text(experiment.to_yaml(), "experiment.yaml")
 
 
+def _tabulated(outcomes: list[TrialResult]) -> list[str]:
+    """The run ids of the trials that count in the sweep's tables: those trained or reused."""
+    return [outcome.run_id for outcome in outcomes if outcome.outcome in (Outcome.TRAINED, Outcome.REUSED)]
+
+
+def rewrite_cards(outcomes: list[TrialResult], tables: list[results.Table]) -> None:
+    """Write each trained or reused student's card again. Each was written when its trial ended,
+    before the seeds after it: now every seed of its cell is in, the card gives the spread the
+    table shows. A card is a few tracking calls that wait on the server, so several go at once."""
+    students = [outcome for outcome in outcomes
+                if outcome.outcome in (Outcome.TRAINED, Outcome.REUSED) and outcome.trial.kind != "teacher"]
+    with concurrent.futures.ThreadPoolExecutor(CARD_WRITERS) as pool:
+        written = [pool.submit(cards.publish, outcome.trial.kind, outcome.trial.config.resolved(), tables, outcome.run_id)
+                   for outcome in students]
+        for future in written:
+            future.result()  # A card that could not be written fails the sweep, as before.
+
+
 def check_expected(experiment: Experiment, outcomes: list[TrialResult]) -> checks.Check:
     """Compare the expected cells with the table of this sweep's own trials (other runs of the
     experiment, such as another seed run by hand, would move a cell); record and print the result."""
     version = tracking.code_version()
-    mine = {outcome.run_id for outcome in outcomes if outcome.outcome in (Outcome.TRAINED, Outcome.REUSED)}
-    records = results.collect_runs(mlflow.active_run().info.experiment_id)
-    tables = results.build_tables([r for r in records if r.run_id in mine and r.code_version == version])
+    records = results.runs_by_id(mlflow.active_run().info.experiment_id, _tabulated(outcomes))
+    tables = results.build_tables([record for record in records if record.code_version == version])
     check = checks.check(experiment.expected, tables)
     mlflow.log_text(check.markdown(), "check.md")
     mlflow.set_tag(CHECK_TAG, check.tag())
@@ -290,13 +310,9 @@ def run_sweep(experiment: Experiment) -> list[TrialResult]:
         table = pd.DataFrame([outcome.row() for outcome in outcomes])
         mlflow.log_text(table.to_csv(index=False), "trials.csv")
         print(table.drop(columns=["error", "reason"]).to_string(index=False))
-        markdown, tables = runs.log_results()
+        markdown, tables = runs.log_results(_tabulated(outcomes))
         print(markdown)
-        # Each trial's card was written when it finished, before the seeds after it: now every
-        # seed of its cell is in, the cards give the spread the table shows.
-        for outcome in outcomes:
-            if outcome.outcome in (Outcome.TRAINED, Outcome.REUSED) and outcome.trial.kind != "teacher":
-                cards.publish(outcome.trial.kind, outcome.trial.config.resolved(), tables, outcome.run_id)
+        rewrite_cards(outcomes, tables)
         check = check_expected(experiment, outcomes)
         failed = [outcome.trial.name for outcome in outcomes if outcome.outcome is Outcome.FAILED]
         if failed:

@@ -11,6 +11,7 @@ import mlflow
 import pytest
 
 from kdflow import results, tracking
+from kdflow.config import DEFAULTS, KIND_PARAMETERS, Config, parse_value
 
 # Accuracies (fractions) per cell of the "kdtf" recipe; the table shows them in percent.
 TEACHER_T2 = [0.978, 0.980, 0.982]  # 98.00 ± 0.20 (3)
@@ -51,7 +52,7 @@ def log_run(experiment_id, kind, recipe, temperature, seed, accuracy=None, hard_
     with mlflow.start_run(experiment_id=experiment_id) as run:
         mlflow.set_tags({"kdflow.kind": kind, "kdflow.code_version": version or tracking.code_version()})
         networks = {"recipe": recipe, "dataset": setup} | (networks or {})
-        params = canonical_params(temperature, seed, hard_label_weight, teacher_temperature, teacher, networks)
+        params = canonical_params(kind, temperature, seed, hard_label_weight, teacher_temperature, teacher, networks)
         mlflow.set_tag("kdflow.params", params)
         # `mlflow run` logs parameters as the user typed them; the table must not read these.
         mlflow.log_params({"temperature": f"{temperature:g}", "seed": str(seed), "hard_label_weight": "''"})
@@ -64,21 +65,22 @@ def log_run(experiment_id, kind, recipe, temperature, seed, accuracy=None, hard_
     return run.info.run_id
 
 
-def canonical_params(temperature, seed, hard_label_weight, teacher_temperature=None, teacher=None, networks=None):
-    params = {"temperature": str(float(temperature)), "seed": str(seed)} | (networks or {})
+def canonical_params(kind, temperature, seed, hard_label_weight, teacher_temperature=None, teacher=None, networks=None):
+    """The ``kdflow.params`` tag as a job writes it: every parameter of its kind, canonical."""
+    text = {"temperature": str(temperature), "seed": str(seed)} | (networks or {})
     if hard_label_weight is not None:
-        params["hard_label_weight"] = hard_label_weight
-        params["loss"] = "weighted" if hard_label_weight else "kdtf"
+        text |= {"hard_label_weight": hard_label_weight, "loss": "weighted" if hard_label_weight else "kdtf"}
     if teacher_temperature is not None:
-        params["teacher_temperature"] = teacher_temperature
+        text["teacher_temperature"] = teacher_temperature
     if teacher is not None:
-        params["teacher"] = teacher
-    return json.dumps(params)
+        text["teacher"] = teacher
+    config = Config(**{name: parse_value(name, value, getattr(DEFAULTS, name)) for name, value in text.items()})
+    return json.dumps(config.params(kind if kind in KIND_PARAMETERS else "distill"), sort_keys=True)  # The report: any
 
 
 def running_run(client, experiment_id, kind, recipe, temperature, accuracy, hard_label_weight=""):
     """Create a run that stays RUNNING, as a training job that has not finished yet."""
-    tags = {"kdflow.kind": kind, "kdflow.params": canonical_params(temperature, 99, hard_label_weight, networks={"recipe": recipe}),
+    tags = {"kdflow.kind": kind, "kdflow.params": canonical_params(kind, temperature, 99, hard_label_weight, networks={"recipe": recipe}),
             "kdflow.code_version": tracking.code_version()}
     run_id = client.create_run(experiment_id, tags=tags).info.run_id
     client.log_metric(run_id, "test_accuracy", accuracy)
@@ -144,21 +146,26 @@ def store(tmp_path_factory):
         yield client, experiment, ids
 
 
+def whole_experiment_with(experiment, run_id):
+    """The records of the whole experiment's tables with one more run, still running, in them."""
+    records = {record.run_id: record for record in results.collect_runs(experiment) + results.runs_by_id(experiment, [run_id])}
+    return [record for record in records.values() if record.code_version == tracking.code_version()]
+
+
 @pytest.fixture(scope="module")
 def tables(store):
-    client, experiment, ids = store
-    records = results.collect_runs(experiment, ids["calling"][0], client=client)
-    this_version = [record for record in records if record.code_version == tracking.code_version()]
-    return {table.label: table for table in results.build_tables(this_version)}
+    """The whole experiment's tables, with the calling run, still running, in them."""
+    _, experiment, ids = store
+    return {table.label: table for table in results.build_tables(whole_experiment_with(experiment, ids["calling"][0]))}
 
 
-def test_collect_counts_finished_runs_and_the_calling_run_only(store):
+def test_collect_counts_finished_complete_runs_and_by_id_the_calling_run(store):
     client, experiment, ids = store
-    collected = {record.run_id for record in results.collect_runs(experiment, ids["calling"][0])}
     counted = {run_id for cell, run_ids in ids.items() if cell != "ignored" for run_id in run_ids}
-    assert collected == counted
-    without_calling = {record.run_id for record in results.collect_runs(experiment)}
-    assert without_calling == counted - set(ids["calling"])
+    assert {record.run_id for record in results.collect_runs(experiment)} == counted - set(ids["calling"])
+    # A run tabulating itself is found by its id, running and unkeyed as it is.
+    (calling,) = results.runs_by_id(experiment, ids["calling"])
+    assert (calling.run_id, calling.accuracy) == (ids["calling"][0], 0.92)
 
 
 def test_cells_hold_exact_statistics_and_their_run_ids(store, tables):
@@ -292,14 +299,77 @@ def test_regenerate_from_inside_the_calling_run(store, tmp_path):
     log_run(experiment, "distill", "kdtf", 5, 0, 0.90, hard_label_weight="")
     log_run(experiment, "distill", "kdtf", 5, 7, 0.10, hard_label_weight="", version="0123456789abcdef")
     with mlflow.start_run(experiment_id=experiment) as run:
-        mlflow.set_tags({"kdflow.kind": "distill", "kdflow.params": canonical_params(5, 1, ""),
+        mlflow.set_tags({"kdflow.kind": "distill", "kdflow.params": canonical_params("distill", 5, 1, ""),
                          "kdflow.code_version": tracking.code_version()})
         mlflow.log_metric("test_accuracy", 0.92)
-        markdown, tables = results.regenerate(experiment, tmp_path, include_run_id=run.info.run_id)
-    assert run.info.run_id in tables[0].cell("Distillation", 5.0).run_ids
-    assert "| Distillation | 91.00 ± 1.41 (2) | 89.14 | 90.77 |" in markdown
-    assert f"Code version `{tracking.code_version()}`; finished runs of other code versions, not counted: 1." in markdown
-    assert markdown == (tmp_path / "results.md").read_text(encoding="utf-8")
+        markdown, tables = results.regenerate(experiment, tmp_path, [run.info.run_id])
+        assert run.info.run_id in tables[0].cell("Distillation", 5.0).run_ids
+        assert "| Distillation | 91.00 ± 1.41 (2) | 89.14 | 90.77 |" in markdown
+        # A run's own tables are read without the rest of the experiment, so they count no other version.
+        assert f"Code version `{tracking.code_version()}`.\n" in markdown
+        assert markdown == (tmp_path / "results.md").read_text(encoding="utf-8")
+        # The report reads the whole experiment: the running, unkeyed run is not in it yet.
+        report, _ = results.regenerate(experiment, tmp_path / "report")
+    assert "| Distillation | 90.00 (1) | 89.14 | 90.77 |" in report
+    assert f"Code version `{tracking.code_version()}`; finished runs of other code versions, not counted: 1." in report
+
+
+class CountingClient:
+    """The real client, counting the runs its searches answer with."""
+
+    def __init__(self):
+        self.client, self.answered = mlflow.MlflowClient(), []
+
+    def search_runs(self, experiment_ids, filter_string, page_token=None):
+        page = self.client.search_runs(experiment_ids, filter_string, page_token=page_token)
+        self.answered += [run.info.run_id for run in page]
+        return page
+
+
+def _same_cells(own_tables, whole_tables):
+    """Every cell of a run's own tables is a cell of the whole experiment's tables, the same runs
+    giving the same numbers (a Student only cell fills every column, so its column is not compared)."""
+    whole = {(cell.row, cell.temperature if cell.row != "Student only" else None, cell.run_ids): cell
+             for table in whole_tables for cell in table.cells}
+    for table in own_tables:
+        for cell in table.cells:
+            match = whole[(cell.row, cell.temperature if cell.row != "Student only" else None, cell.run_ids)]
+            assert (cell.mean, cell.std, cell.n, cell.errors) == (match.mean, match.std, match.n, match.errors)
+
+
+def test_a_runs_own_tables_have_the_whole_experiments_cells_and_read_only_their_runs(store, tables):
+    client, experiment, ids = store
+    counted = [run_id for cell, run_ids in ids.items() if cell != "ignored" for run_id in run_ids]
+    anchors = results.runs_by_id(experiment, counted)
+    assert {anchor.run_id for anchor in anchors} == set(counted)
+    anchors = [anchor for anchor in anchors if anchor.code_version == tracking.code_version()]  # As regenerate does.
+    # All the runs at once, as a sweep of them all would: exactly the whole experiment's tables.
+    assert results.tables_of(anchors, results.neighbours(experiment, anchors)) == list(tables.values())
+    for anchor in anchors:
+        spy = CountingClient()
+        own = results.tables_of([anchor], results.neighbours(experiment, [anchor], client=spy))
+        # What the run logged before: the whole experiment's tables, with itself in them.
+        _same_cells(own, results.build_tables(whole_experiment_with(experiment, anchor.run_id)))
+        # Its own cell is there, and the searches answered with no run its tables do not show.
+        shown = {run_id for table in own for cell in table.cells for run_id in cell.run_ids}
+        assert any(anchor.run_id in cell.run_ids for table in own for cell in table.cells) or anchor.run_id in ids["replaced"]
+        assert set(spy.answered) <= shown | set(ids["replaced"]), anchor
+    calling = next(anchor for anchor in anchors if anchor.run_id == ids["calling"][0])
+    (own,) = results.tables_of([calling], results.neighbours(experiment, [calling]))
+    assert own.rows == ("Teacher", "Distillation", "Student only")
+    assert own.cell("Distillation", 5.0) == tables[KDTF].cell("Distillation", 5.0)
+    fixed = next(anchor for anchor in anchors if anchor.run_id == ids["fixed teacher T=5"][0])
+    (own,) = results.tables_of([fixed], results.neighbours(experiment, [fixed]))
+    # Its row counts kdtf's way distillation at T=1 too (its teacher trained at T=1), and only its row.
+    assert own.rows == ("Teacher", FIXED, "Student only")
+    assert own.cell(FIXED, 1.0) == tables[KDTF].cell(FIXED, 1.0)
+    # A student alone is shown beside the teachers of its setup, not beside every distillation.
+    tuned = next(anchor for anchor in anchors if anchor.run_id == ids["tuned student"][0])
+    (own,) = results.tables_of([tuned], results.neighbours(experiment, [tuned]))
+    assert own.label == TUNED and own.rows == ("Teacher", "Student only") and own.temperatures == (2.0, 5.0)
+    student = next(anchor for anchor in anchors if anchor.run_id == ids["student"][0])
+    (own,) = results.tables_of([student], results.neighbours(experiment, [student]))
+    assert own.label == KDTF and own.rows == ("Teacher", "Student only")
 
 
 def test_collect_follows_every_page_of_the_search(store):
