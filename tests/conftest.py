@@ -29,6 +29,10 @@ ROOT = Path(__file__).resolve().parents[1]
 # the interpreter running the tests, so the suite needs no activated virtual environment.
 os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
 MLFLOW = str(Path(sys.executable).parent / "mlflow")
+# Ray starts its workers at nice 15, below everything else on the machine. Beside the other pytest
+# worker's training on two cores, that starved the Ray tests' trials to a few percent of a core
+# (a 40-step student trial took 120 s; a scale-test sweep passed 15 minutes): at 0, they share fairly.
+os.environ["RAY_worker_niceness"] = "0"
 # Runs in tests are short: accuracy is judged in benchmarks/, not here.
 SHORT = {"num_steps": "40", "eval_every": "20"}
 
