@@ -309,30 +309,39 @@ def main(argv: list[str] | None = None) -> dict:
     arguments_grid = grid(arguments.trials, SEEDS["main"])  # Checked before anything starts.
     print(f"command: python benchmarks/bench_scale.py {' '.join(argv if argv is not None else sys.argv[1:])}", flush=True)
     print(f"machine: {cpu_description()}", flush=True)
-    # A folder under /tmp: PostgreSQL runs as its own user and must reach it.
-    with tempfile.TemporaryDirectory(prefix="kdflow-scale-", dir="/tmp") as temporary:
-        folder = Path(temporary)
-        folder.chmod(0o755)  # Searchable by the postgres user (scripts/postgres.py).
-        (folder / "calls").mkdir()
+    with postgres_tracking_server("kdflow-scale-") as (folder, server):
         (folder / "logs").mkdir()
-        # Every Python process of the Ray nodes and the drivers times its HTTP calls (benchmarks/call_timer).
-        os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).parent / "call_timer"),
-                                                                  os.environ.get("PYTHONPATH")]))
-        os.environ["KDFLOW_BENCH_CALL_LOG"] = str(folder / "calls")
-        with postgres.running(folder / "postgres", servers.free_port()) as backend_uri, ray_cluster(arguments.nodes) as cluster:
-            server = TrackingServer(backend_uri, folder, servers.free_port())
-            server.start()
-            os.environ["MLFLOW_TRACKING_URI"] = server.uri
+        with ray_cluster(arguments.nodes) as cluster:
             mlflow.MlflowClient().create_experiment(EXPERIMENT)
             try:
-                report = measure(arguments, arguments_grid, cluster, server, folder)
+                return measure(arguments, arguments_grid, cluster, server, folder)
             except BaseException:
                 print_driver_logs(folder / "logs")  # The folder goes with the benchmark; what each driver said stays.
                 print_trial_stacks()
                 raise
+
+
+@contextmanager
+def postgres_tracking_server(prefix: str):
+    """A folder under /tmp, a PostgreSQL cluster in it and `mlflow server` on that, as the tracking
+    server of this process and of every Python process it starts, each of which times its HTTP
+    calls (benchmarks/call_timer) into the folder's ``calls``; yields (folder, server)."""
+    # A folder under /tmp: PostgreSQL runs as its own user and must reach it.
+    with tempfile.TemporaryDirectory(prefix=prefix, dir="/tmp") as temporary:
+        folder = Path(temporary)
+        folder.chmod(0o755)  # Searchable by the postgres user (scripts/postgres.py).
+        (folder / "calls").mkdir()
+        os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).parent / "call_timer"),
+                                                                  os.environ.get("PYTHONPATH")]))
+        os.environ["KDFLOW_BENCH_CALL_LOG"] = str(folder / "calls")
+        with postgres.running(folder / "postgres", servers.free_port()) as backend_uri:
+            server = TrackingServer(backend_uri, folder, servers.free_port())
+            server.start()
+            os.environ["MLFLOW_TRACKING_URI"] = server.uri
+            try:
+                yield folder, server
             finally:
                 server.kill()
-    return report
 
 
 def print_driver_logs(logs: Path, lines: int = 40) -> None:
