@@ -386,19 +386,20 @@ def write_results(tables: list[Table], out_dir: Path, markdown: str | None = Non
     return paths
 
 
-def regenerate(experiment_id: str, out_dir: Path, anchor_run_ids: list[str] | None = None) -> tuple[str, list[Table]]:
+def regenerate(experiment_id: str, out_dir: Path, anchor_run_ids: list[str] | None = None,
+               client=None) -> tuple[str, list[Table]]:
     """Build the tables of this code version and write the four files; return the Markdown and the
     tables. By default every table of the experiment (the report's); with ``anchor_run_ids``, the
     tables those runs are in (a run's own, a sweep's trials'), read without the rest of the
     experiment, so that their cost does not grow with it."""
     version = code_version()
     if anchor_run_ids is None:
-        records = collect_runs(experiment_id)
+        records = collect_runs(experiment_id, client)
         tables = build_tables([record for record in records if record.code_version == version])
         markdown = render_markdown(tables, version, sum(record.code_version != version for record in records))
     else:
-        anchors = [record for record in runs_by_id(experiment_id, anchor_run_ids) if record.code_version == version]
-        tables = tables_of(anchors, neighbours(experiment_id, anchors))
+        anchors = [record for record in runs_by_id(experiment_id, anchor_run_ids, client) if record.code_version == version]
+        tables = tables_of(anchors, neighbours(experiment_id, anchors, client))
         markdown = render_markdown(tables, version)
     write_results(tables, out_dir, markdown)
     return markdown, tables

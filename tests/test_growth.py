@@ -26,7 +26,7 @@ def test_a_runs_own_table_reads_the_same_runs_as_its_experiment_grows(tmp_path, 
     for size in (50, 500):  # Other rows of the same table: loss=weighted at other loss weights.
         bench_growth.fill(experiment, filled, size, Config().precision, with_version=False)
         filled = size
-        figures[size] = bench_growth.table_cost(experiment, row[0], tmp_path / str(size))
+        figures[size] = bench_growth.table_cost(experiment, row[0])
     assert figures[50]["table_searches"] == figures[500]["table_searches"] == 4  # the anchor, teachers, students, its row
     assert figures[50]["table_runs"] == figures[500]["table_runs"] == len(row) + 1  # its row, and itself by id
     anchors = results.runs_by_id(experiment, [row[0]])
