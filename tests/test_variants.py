@@ -83,10 +83,18 @@ def test_a_registered_loss_and_network_run_end_to_end_in_cells_names_and_aliases
                      "distill-T2-seed12-num_steps=40-eval_every=20-loss=squared",
                      "distill-T2-seed12-student_model=tiny-num_steps=40-eval_every=20-loss=squared"]
     # Three cells, one run each: the toy loss has a row of its own, the toy network a table of its own.
-    cells = {(row["table"], row["row"], row["temperature"]): row["run_ids"] for row in results_rows(tiny.info.run_id)}
-    assert cells[("num_steps=40, eval_every=20", "Distillation", 2.0)] == [kdtf.info.run_id]
-    assert cells[("num_steps=40, eval_every=20", "Distillation (loss=squared)", 2.0)] == [squared.info.run_id]
-    assert cells[("student_model=tiny, num_steps=40, eval_every=20", "Distillation (loss=squared)", 2.0)] == [tiny.info.run_id]
+    # Each run's table holds its own distillation cell beside its setup's teacher, and no other's.
+    own_cells = {}
+    for run in (kdtf, squared, tiny):
+        rows = results_rows(run.info.run_id)
+        own_cells[run.info.run_id] = {(row["table"], row["row"], row["temperature"]): row["run_ids"]
+                                      for row in rows if row["row"].startswith("Distillation")}
+    assert own_cells == {
+        kdtf.info.run_id: {("num_steps=40, eval_every=20", "Distillation", 2.0): [kdtf.info.run_id]},
+        squared.info.run_id: {("num_steps=40, eval_every=20", "Distillation (loss=squared)", 2.0): [squared.info.run_id]},
+        tiny.info.run_id: {("student_model=tiny, num_steps=40, eval_every=20", "Distillation (loss=squared)", 2.0):
+                           [tiny.info.run_id]},
+    }
     # Registered versions: kdtf's alias, the toy loss's own alias, the toy network's own registered model.
     aliases = {}
     for run in (kdtf, squared, tiny):
