@@ -309,14 +309,23 @@ def main(argv: list[str] | None = None) -> dict:
     arguments_grid = grid(arguments.trials, SEEDS["main"])  # Checked before anything starts.
     print(f"command: python benchmarks/bench_scale.py {' '.join(argv if argv is not None else sys.argv[1:])}", flush=True)
     print(f"machine: {cpu_description()}", flush=True)
+    with scale_setup(arguments.nodes) as (folder, server, cluster):
+        return measure(arguments, arguments_grid, cluster, server, folder)
+
+
+@contextmanager
+def scale_setup(nodes: int):
+    """The benchmark's tracking server on PostgreSQL, its experiment and a Ray cluster of ``nodes``
+    nodes; yields (folder, server, cluster). If what runs on them fails, each driver's last lines
+    and the trial workers' stacks are printed, since the folder goes with the benchmark."""
     with postgres_tracking_server("kdflow-scale-") as (folder, server):
         (folder / "logs").mkdir()
-        with ray_cluster(arguments.nodes) as cluster:
+        with ray_cluster(nodes) as cluster:
             mlflow.MlflowClient().create_experiment(EXPERIMENT)
             try:
-                return measure(arguments, arguments_grid, cluster, server, folder)
+                yield folder, server, cluster
             except BaseException:
-                print_driver_logs(folder / "logs")  # The folder goes with the benchmark; what each driver said stays.
+                print_driver_logs(folder / "logs")
                 print_trial_stacks()
                 raise
 
