@@ -33,6 +33,7 @@ WORKER_PID_TAG = "kdflow.worker_pid"
 MAX_FAILURES = 2  # Ray Tune retries a trial whose worker died (or whose store failed) this many times.
 # A warm worker's next trial skips importing TensorFlow (about 10 s); the benchmark turns it off to compare.
 REUSE_WORKERS = True
+STOP_TIMEOUT_S = 120  # how long a warm worker's stopped trial may take to end its run (MLflow retries included)
 STOPPED_EARLY = "the sweep's scheduler stopped the trial early"  # why a stopped trial's run is KILLED
 SCHEDULERS = ("", "asha")  # "": every trial runs to the end; "asha": ASHA stops weak distillations early
 START_ORDER = {"teacher": 0, "distill": 1, "student": 2}  # longest and most waited for first
@@ -184,6 +185,9 @@ def run_trial(shown: dict, trials: dict[str, Trial], shared: dict) -> None:
     quiet.import_tensorflow()
     import keras
 
+    # A warm worker is handed its next trial only once the stopped one's thread has ended its run,
+    # which takes a few tracking calls; Ray Tune waits 2 s by default, then fails the next trial.
+    os.environ["TUNE_FUNCTION_THREAD_TIMEOUT_S"] = str(STOP_TIMEOUT_S)
     # The driver's MLFLOW_RUN_ID (set by `mlflow run`) would make every trial resume the parent.
     os.environ.pop("MLFLOW_RUN_ID", None)
     os.environ["MLFLOW_TRACKING_URI"] = shared["tracking_uri"]
@@ -214,7 +218,10 @@ def run_trial(shown: dict, trials: dict[str, Trial], shared: dict) -> None:
         with runs.tracked_run(trial.kind, shared["parent_run_id"], shared["experiment_id"], tags) as run:
             runs.run_job(trial.kind, trial.config, _live_reporter(run.info.run_id))
     except runs.Stopped:
-        return  # Its run ended KILLED, if its worker lived to reach the next evaluation; else the sweep ends it.
+        # Its run has ended KILLED. The thread must end by Ray Tune's SystemExit, not by returning:
+        # Ray Tune (2.60) follows a trainable's return with a last report, which would block the
+        # thread for good and fail the next trial given this worker.
+        raise SystemExit(0) from None
     except ValueError as error:
         # Bad input fails again on every attempt: report it, and keep Ray Tune's retries for the
         # rest (a worker that died, a tracking server that was down for longer than MLflow retries).
@@ -263,9 +270,7 @@ def tune_trials(trials: list[Trial], shared: dict, resources: dict, slots: int, 
             # searcher gets one pending trial at a time, and the slots fill one worker start-up
             # after another).
             search_alg=ConcurrencyLimiter(queue, max_concurrent=max(1, slots)), num_samples=len(trials),
-            # Not under a scheduler: a worker whose trial was stopped mid-run hands Ray Tune (2.60) a
-            # stale result for the next trial it is given, which is then taken as done without running.
-            reuse_actors=REUSE_WORKERS and not scheduler,
+            reuse_actors=REUSE_WORKERS,
             scheduler=DistillationASHA(trials[0].config) if scheduler == "asha" else None,
         ),
         run_config=tune.RunConfig(name=name, failure_config=tune.FailureConfig(max_failures=MAX_FAILURES)),
