@@ -215,9 +215,6 @@ def run_trials(experiment: Experiment) -> list[TrialResult]:
     if sweep.resume:
         print(f"resuming sweep {end_interrupted_sweep()}; its finished trials are reused", flush=True)
     tracking_uri = absolute_tracking_uri()
-    nodes = connect(sweep.address)
-    check_resources(sweep, nodes)
-    check_cluster_can_track(tracking_uri, len(nodes))
     outcomes, to_train, reasons = [], [], {}
     for trial, reused, reason in finished_trials(plan(experiment), parent.experiment_id):
         reasons[trial] = reason
@@ -226,7 +223,11 @@ def run_trials(experiment: Experiment) -> list[TrialResult]:
         else:
             outcomes.append(TrialResult(trial, Outcome.REUSED, reused.info.run_id, reused.data.metrics, reason=reason))
     if not to_train:
+        print("every trial is reused: no Ray cluster is needed", flush=True)
         return outcomes
+    nodes = connect(sweep.address)
+    check_resources(sweep, nodes)
+    check_cluster_can_track(tracking_uri, len(nodes))
     shared = {
         "tracking_uri": tracking_uri,
         "experiment_id": parent.experiment_id,
