@@ -3,9 +3,11 @@
 No phase barrier: ``TrialQueue``, Ray Tune's searcher, hands out each trial as soon as it can
 start, a distillation the moment its own teacher is finished. Warm workers: Ray Tune keeps a
 finished trial's worker for the next trial (``reuse_actors``), so TensorFlow, Ray and MLflow are
-imported once per worker, not once per trial. Live reporting: a trial reports its step, losses and
-validation accuracy to Ray Tune at every evaluation, so Tune's progress table moves and a scheduler
-such as ASHA can stop weak distillations early (``scheduler=asha``).
+imported once per worker, not once per trial, stopped trials' workers included. Live reporting: a
+trial reports its step, losses and validation accuracy to Ray Tune at every evaluation, so Tune's
+progress table moves and a scheduler such as ASHA can stop weak distillations early
+(``scheduler=asha``); it does so from a thread of its own (``Reporter``), so training never waits
+for the driver.
 
 Ray Tune's configuration of a trial is what its progress table shows: the trial's name (its
 MLflow run's), kind, temperature, seed and the parameters that differ from kdtf's. The trainable
@@ -16,6 +18,8 @@ gets the typed ``Trial(kind, Config)`` by that name, and the sweep's shared sett
 import enum
 import functools
 import os
+import queue
+import threading
 from dataclasses import dataclass, field
 
 import mlflow
@@ -164,18 +168,53 @@ def _configure_devices(cpu_threads: int) -> None:
     training.configure_devices(cpu_threads)
 
 
-def _live_reporter(run_id: str):
-    """Log each evaluation to MLflow and report it to Ray Tune, which may answer by stopping the trial."""
+class Reporter:
+    """Logs each evaluation of a trial to MLflow, and reports it to Ray Tune from a thread of its own.
 
-    def on_evaluation(evaluation) -> None:
+    Ray Tune's function API holds the thread that calls ``tune.report`` until the driver has taken
+    the result and asked for the next one: called from the training loop, it made the loop wait
+    for the driver at every evaluation. Here the loop only queues the report. A stop (ASHA's)
+    reaches the reporting thread as Ray Tune's SystemExit; the loop meets it as ``runs.Stopped`` at
+    its next evaluation, or when the trial ends. (MLflow's active run belongs to the thread that
+    started it, so the metrics are still logged by the loop.)
+    """
+
+    def __init__(self, run_id: str):
+        self.run_id = run_id
+        self.pending: queue.Queue = queue.Queue()
+        self.stopped_at: int | None = None  # the step whose report Ray Tune answered with a stop
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._hand_over, name="kdflow-reporter", daemon=True)
+        self.thread.start()
+
+    def __call__(self, evaluation) -> None:
+        self._raise_what_happened()
         tracking.log_evaluation(evaluation)
-        metrics = {name: getattr(evaluation, name) for name in ("step", "train_loss", "validation_loss", "validation_accuracy")}
-        try:
-            tune.report({"run_id": run_id, **metrics})
-        except SystemExit:  # Ray Tune's way of stopping a trial's thread at its next report.
-            raise runs.Stopped(f"{STOPPED_EARLY}, at step {evaluation.step}") from None
+        self.pending.put(evaluation)
 
-    return on_evaluation
+    def close(self) -> None:
+        """Wait until every queued evaluation is logged and reported."""
+        self.pending.put(None)
+        self.thread.join()
+        self._raise_what_happened()
+
+    def _raise_what_happened(self) -> None:
+        if self.error is not None:
+            raise self.error
+        if self.stopped_at is not None:
+            raise runs.Stopped(f"{STOPPED_EARLY}, at step {self.stopped_at}")
+
+    def _hand_over(self) -> None:
+        while (evaluation := self.pending.get()) is not None:
+            metrics = {name: getattr(evaluation, name) for name in ("step", "train_loss", "validation_loss", "validation_accuracy")}
+            try:
+                tune.report({"run_id": self.run_id, **metrics})
+            except SystemExit:  # Ray Tune's way of stopping a trial at a report.
+                self.stopped_at = evaluation.step
+                return
+            except Exception as error:  # Raised in the loop, whose run then fails with it.
+                self.error = error
+                return
 
 
 def run_trial(shown: dict, trials: dict[str, Trial], shared: dict) -> None:
@@ -216,7 +255,11 @@ def run_trial(shown: dict, trials: dict[str, Trial], shared: dict) -> None:
     tags = {TRIAL_TAG: trial_id, NODE_TAG: ray.get_runtime_context().get_node_id(), WORKER_PID_TAG: str(os.getpid())}
     try:
         with runs.tracked_run(trial.kind, shared["parent_run_id"], shared["experiment_id"], tags) as run:
-            runs.run_job(trial.kind, trial.config, _live_reporter(run.info.run_id))
+            reporter = Reporter(run.info.run_id)
+            try:
+                runs.run_job(trial.kind, trial.config, reporter)
+            finally:
+                reporter.close()
     except runs.Stopped:
         # Its run has ended KILLED. The thread must end by Ray Tune's SystemExit, not by returning:
         # Ray Tune (2.60) follows a trainable's return with a last report, which would block the

