@@ -175,12 +175,13 @@ class Reporter:
     the result and asked for the next one: called from the training loop, it made the loop wait
     for the driver at every evaluation. Here the loop only queues the report. A stop (ASHA's)
     reaches the reporting thread as Ray Tune's SystemExit; the loop meets it as ``runs.Stopped`` at
-    its next evaluation, or when the trial ends. (MLflow's active run belongs to the thread that
-    started it, so the metrics are still logged by the loop.)
+    its next evaluation. The last evaluation is reported from the loop, once every earlier report
+    has been taken, so that a stopped trial never logs it, nor anything a complete run logs. (MLflow's
+    active run belongs to the thread that started it, so the metrics are still logged by the loop.)
     """
 
-    def __init__(self, run_id: str):
-        self.run_id = run_id
+    def __init__(self, run_id: str, last_step: int):
+        self.run_id, self.last_step = run_id, last_step
         self.pending: queue.Queue = queue.Queue()
         self.stopped_at: int | None = None  # the step whose report Ray Tune answered with a stop
         self.error: BaseException | None = None
@@ -188,15 +189,21 @@ class Reporter:
         self.thread.start()
 
     def __call__(self, evaluation) -> None:
+        last = evaluation.step >= self.last_step
+        if last:
+            self.close()  # Every earlier report taken: a stop at any of them is raised here.
         self._raise_what_happened()
         tracking.log_evaluation(evaluation)
-        self.pending.put(evaluation)
+        if last:
+            self._report(evaluation)
+            self._raise_what_happened()
+        else:
+            self.pending.put(evaluation)
 
     def close(self) -> None:
-        """Wait until every queued evaluation is logged and reported."""
+        """Wait until every queued evaluation has been reported (again: at once)."""
         self.pending.put(None)
         self.thread.join()
-        self._raise_what_happened()
 
     def _raise_what_happened(self) -> None:
         if self.error is not None:
@@ -205,16 +212,21 @@ class Reporter:
             raise runs.Stopped(f"{STOPPED_EARLY}, at step {self.stopped_at}")
 
     def _hand_over(self) -> None:
-        while (evaluation := self.pending.get()) is not None:
-            metrics = {name: getattr(evaluation, name) for name in ("step", "train_loss", "validation_loss", "validation_accuracy")}
-            try:
-                tune.report({"run_id": self.run_id, **metrics})
-            except SystemExit:  # Ray Tune's way of stopping a trial at a report.
-                self.stopped_at = evaluation.step
-                return
-            except Exception as error:  # Raised in the loop, whose run then fails with it.
-                self.error = error
-                return
+        while (evaluation := self.pending.get()) is not None and self._report(evaluation):
+            pass
+
+    def _report(self, evaluation) -> bool:
+        """Report one evaluation to Ray Tune; False if it answered with a stop, or the report failed."""
+        metrics = {name: getattr(evaluation, name) for name in ("step", "train_loss", "validation_loss", "validation_accuracy")}
+        try:
+            tune.report({"run_id": self.run_id, **metrics})
+        except SystemExit:  # Ray Tune's way of stopping a trial at a report.
+            self.stopped_at = evaluation.step
+            return False
+        except Exception as error:  # Raised in the loop, whose run then fails with it.
+            self.error = error
+            return False
+        return True
 
 
 def run_trial(shown: dict, trials: dict[str, Trial], shared: dict) -> None:
@@ -255,11 +267,11 @@ def run_trial(shown: dict, trials: dict[str, Trial], shared: dict) -> None:
     tags = {TRIAL_TAG: trial_id, NODE_TAG: ray.get_runtime_context().get_node_id(), WORKER_PID_TAG: str(os.getpid())}
     try:
         with runs.tracked_run(trial.kind, shared["parent_run_id"], shared["experiment_id"], tags) as run:
-            reporter = Reporter(run.info.run_id)
+            reporter = Reporter(run.info.run_id, trial.config.num_steps)
             try:
                 runs.run_job(trial.kind, trial.config, reporter)
             finally:
-                reporter.close()
+                reporter.close()  # A run that failed before its last evaluation leaves no report behind.
     except runs.Stopped:
         # Its run has ended KILLED. The thread must end by Ray Tune's SystemExit, not by returning:
         # Ray Tune (2.60) follows a trainable's return with a last report, which would block the
@@ -299,7 +311,7 @@ def _trial_folder(tune_trial) -> str:
 def tune_trials(trials: list[Trial], shared: dict, resources: dict, slots: int, scheduler: str, name: str
                 ) -> list[TrialResult]:
     """Run the trials on Ray Tune (already connected; ``slots`` trials fit at once) and return each one's outcome."""
-    queue, by_name = TrialQueue(trials), {trial.name: trial for trial in trials}
+    trial_queue, by_name = TrialQueue(trials), {trial.name: trial for trial in trials}
     assert len(by_name) == len(trials), "a sweep's trials have names of their own (experiments refuses the rest)"
     if scheduler == "asha":
         # A failed trial reports its error, not a validation accuracy: ASHA must not take that for a bug.
@@ -312,11 +324,11 @@ def tune_trials(trials: list[Trial], shared: dict, resources: dict, slots: int, 
             # The limiter lets Ray Tune ask for a worker for every slot at once (alone, a custom
             # searcher gets one pending trial at a time, and the slots fill one worker start-up
             # after another).
-            search_alg=ConcurrencyLimiter(queue, max_concurrent=max(1, slots)), num_samples=len(trials),
+            search_alg=ConcurrencyLimiter(trial_queue, max_concurrent=max(1, slots)), num_samples=len(trials),
             reuse_actors=REUSE_WORKERS,
             scheduler=DistillationASHA(trials[0].config) if scheduler == "asha" else None,
         ),
         run_config=tune.RunConfig(name=name, failure_config=tune.FailureConfig(max_failures=MAX_FAILURES)),
     )
     grid = tuner.fit()
-    return [outcome_of(result, by_name[result.config["trial"]]) for result in grid] + queue.not_started
+    return [outcome_of(result, by_name[result.config["trial"]]) for result in grid] + trial_queue.not_started
