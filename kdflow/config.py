@@ -28,7 +28,8 @@ KIND_PARAMETERS = {
     "teacher": ("temperature", "teacher_model", "teacher_initializer") + _COMMON,
     "student": ("recipe", "student_model") + _COMMON,
     "distill": ("recipe", "student_model", "temperature", "teacher_temperature", "teacher_model", "teacher_initializer")
-    + _COMMON + ("teacher", "teacher_signal", "loss", "hard_label_weight"),
+    + _COMMON + ("teacher", "teacher_signal", "loss", "hard_label_weight", "dkd_target_weight", "dkd_non_target_weight",
+                 "dist_inter_weight", "dist_intra_weight"),
 }
 # What never tells two runs apart: where the data came from (its digest pins what), the seed (a
 # table spreads over it) and the temperature (a table's columns). The rest of a run's parameters
@@ -59,8 +60,12 @@ class Config:
     data_dir: str = ""  # a directory or file holding the dataset; empty: cache, then download
     teacher: str = ""  # teacher model URI (models:/...); empty: reuse or train a matching teacher
     teacher_signal: str = "cached"  # "cached": stored teacher logits; "online": run the teacher per batch (kdtf)
-    loss: str = "kdtf"  # the distillation loss in variants.LOSSES: "kdtf" (CE + T^2*CE_soft) or "weighted"
+    loss: str = "kdtf"  # the distillation loss in variants.LOSSES: "kdtf" (CE + T^2*CE_soft), "weighted", "dkd" or "dist"
     hard_label_weight: float | None = None  # loss=weighted's w in w*CE + (1-w)*T^2*KL; empty for other losses
+    dkd_target_weight: float | None = None  # loss=dkd's alpha, the target-class term's weight; empty: 1 under dkd
+    dkd_non_target_weight: float | None = None  # loss=dkd's beta, the other classes' term's weight; empty: 8 under dkd
+    dist_inter_weight: float | None = None  # loss=dist's beta, the per-image correlation term's weight; empty: 1 under dist
+    dist_intra_weight: float | None = None  # loss=dist's gamma, the per-class correlation term's weight; empty: 1 under dist
     precision: str = "auto"  # number format: "auto" (bfloat16 where the hardware has it), float32, bfloat16, float16
 
     def __post_init__(self):
@@ -89,6 +94,10 @@ class Config:
             )
         if self.hard_label_weight is not None and not 0.0 <= self.hard_label_weight <= 1.0:
             raise ValueError(f"hard_label_weight must be between 0 and 1, got {self.hard_label_weight}")
+        for name in ("dkd_target_weight", "dkd_non_target_weight", "dist_inter_weight", "dist_intra_weight"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value}")
 
     def _check_variants(self) -> None:
         """Each variant parameter names a registered entry; a loss's parameters are set for it alone."""
@@ -102,7 +111,10 @@ class Config:
         taken = variants.LOSSES[self.loss].parameters
         for name in sorted(variants.loss_parameters()):
             if name in taken and getattr(self, name) is None:
-                raise ValueError(f"loss={self.loss} needs {name}")
+                if taken[name] is None:
+                    raise ValueError(f"loss={self.loss} needs {name}")
+                # Stated, so that a run given the default and one left empty are the same run.
+                object.__setattr__(self, name, taken[name])
             if name not in taken and getattr(self, name) is not None:
                 takers = [loss for loss, entry in variants.LOSSES.items() if name in entry.parameters]
                 raise ValueError(f"{name} is a parameter of loss={' or '.join(takers)}, not of loss={self.loss}; "
@@ -132,7 +144,9 @@ class Config:
         is named as kdtf's, and one in another format says which.
         """
         defaults = DEFAULTS.resolved() if self.precision != DEFAULTS.precision else DEFAULTS
-        return {name: display(getattr(self, name)) for name in names if getattr(self, name) != getattr(defaults, name)}
+        # A loss's parameter at that loss's own default is as unremarkable as any other default.
+        default = vars(defaults) | variants.LOSSES[self.loss].parameters
+        return {name: display(getattr(self, name)) for name in names if getattr(self, name) != default[name]}
 
 
 DEFAULTS = Config()
@@ -162,7 +176,7 @@ def _convert(name: str, text: str, value_type):
 
 def parse_value(name: str, text: str, default):
     """Parameter text as a value of the default's type (``to_text`` read back)."""
-    if default is None:  # hard_label_weight and teacher_temperature: empty means "as kdtf".
+    if default is None:  # teacher_temperature and the losses' parameters: empty means "as kdtf" or the loss's default.
         return None if text.strip() == "" else _convert(name, text, float)
     if isinstance(default, bool):
         if text.lower() not in ("true", "false"):

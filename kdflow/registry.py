@@ -238,12 +238,13 @@ def _best_version(client, name: str, alias: str) -> str | None:
     """The version of ``name`` competing for ``alias`` whose run completed with the best
     validation accuracy (ties: the older), or None when no such run completed.
 
-    Candidates are checked best first, so this usually asks about one run.
+    Candidates are checked best first, so this usually asks about one run. The server selects the
+    alias's own versions, so the cost follows them, not every version of ``name``.
     """
     versions = sorted(
         (
-            version for version in client.search_model_versions(f"name = '{name}'")
-            if version.tags.get(ALIAS_TAG) == alias and VALIDATION_ACCURACY_TAG in version.tags
+            version for version in client.search_model_versions(f"name = '{name}' and tags.`{ALIAS_TAG}` = '{alias}'")
+            if VALIDATION_ACCURACY_TAG in version.tags
         ),
         key=lambda version: (-float(version.tags[VALIDATION_ACCURACY_TAG]), int(version.version)),
     )

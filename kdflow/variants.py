@@ -59,6 +59,18 @@ def _weighted_loss(*args, **parameters):
     return losses.weighted_loss(*args, **parameters)
 
 
+def _dkd_loss(*args, **parameters):
+    from kdflow import losses
+
+    return losses.dkd_loss(*args, **parameters)
+
+
+def _dist_loss(*args, **parameters):
+    from kdflow import losses
+
+    return losses.dist_loss(*args, **parameters)
+
+
 @dataclass(frozen=True)
 class Reference:
     """Published test accuracies a results table is compared with."""
@@ -81,7 +93,9 @@ class Loss:
     # function(labels, student_logits, teacher_logits, temperature, **parameters) -> mean loss
     function: Callable
     description: str  # one line, formatted with the run's parameters (str.format(**vars(config)))
-    parameters: tuple = ()  # the parameters it takes besides the temperature; others must stay empty
+    # The parameters it takes besides the temperature, each with its default (None: the user must
+    # give it); every other loss's parameters must stay empty.
+    parameters: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -154,7 +168,20 @@ LOSSES = {
         _weighted_loss,
         "weighted: {hard_label_weight:g} · CE(hard labels) + (1 - {hard_label_weight:g}) · T² · KL(soft targets "
         "at T={temperature:g} || student at T={temperature:g}), as Keras' Distiller and torchdistill's KDLoss",
-        ("hard_label_weight",),
+        {"hard_label_weight": None},
+    ),
+    "dkd": Loss(
+        _dkd_loss,
+        "DKD (Zhao et al., 2022): CE(hard labels) + T² · ({dkd_target_weight:g} · KL of the target class's "
+        "probability + {dkd_non_target_weight:g} · KL over the other classes), soft targets at T={temperature:g}",
+        {"dkd_target_weight": 1.0, "dkd_non_target_weight": 8.0},
+    ),
+    "dist": Loss(
+        _dist_loss,
+        "DIST (Huang et al., 2022): CE(hard labels) + T² · ({dist_inter_weight:g} · (1 - Pearson correlation of "
+        "each image's class probabilities) + {dist_intra_weight:g} · (1 - Pearson correlation of each class's "
+        "probabilities over the batch)), at T={temperature:g}",
+        {"dist_inter_weight": 1.0, "dist_intra_weight": 1.0},
     ),
 }
 # Every registry by the name of the parameter that chooses from it.

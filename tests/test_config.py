@@ -29,7 +29,8 @@ def test_defaults_are_the_kdtf_recipe():
         "recipe": "kdtf", "student_model": "softmax", "teacher_model": "cnn", "teacher_initializer": "normal",
         "teacher_temperature": "", "temperature": "5.0", "num_steps": "5000", "batch_size": "128", "learning_rate": "0.001",
         "eval_every": "100", "seed": "12", "dataset": "mnist", "data_dir": "", "teacher": "",
-        "teacher_signal": "cached", "loss": "kdtf", "hard_label_weight": "", "precision": "auto",
+        "teacher_signal": "cached", "loss": "kdtf", "hard_label_weight": "", "dkd_target_weight": "",
+        "dkd_non_target_weight": "", "dist_inter_weight": "", "dist_intra_weight": "", "precision": "auto",
     }
 
 
@@ -71,6 +72,32 @@ def test_a_loss_takes_its_own_parameters_and_no_others():
         config.parse_args("distill", ["--hard_label_weight", "0.5"])
     with pytest.raises(ValueError, match="loss=weighted needs hard_label_weight"):
         config.parse_args("distill", ["--loss", "weighted"])
+    with pytest.raises(ValueError, match="dist_intra_weight is a parameter of loss=dist, not of loss=dkd"):
+        config.parse_args("distill", ["--loss", "dkd", "--dist_intra_weight", "1"])
+
+
+@pytest.mark.parametrize("name", ["dkd_target_weight", "dkd_non_target_weight", "dist_inter_weight", "dist_intra_weight"])
+@pytest.mark.parametrize("text", ["-1", "nan", "inf"])
+def test_a_new_loss_weight_must_be_a_finite_number_at_least_zero(name, text):
+    loss = name.split("_")[0]
+    with pytest.raises(ValueError, match=f"{name} must be a finite number >= 0, got {text}"):
+        config.parse_args("distill", ["--loss", loss, f"--{name}", text])
+
+
+def test_a_loss_left_empty_takes_its_papers_defaults_and_states_them():
+    """DKD's alpha = 1, beta = 8; DIST's beta = gamma = 1. Left empty or given, they are one run:
+    the same parameters (and run key), the same name; only another value is named."""
+    from kdflow import runs
+
+    dkd = config.parse_args("distill", ["--loss", "dkd"])
+    assert (dkd.dkd_target_weight, dkd.dkd_non_target_weight) == (1.0, 8.0)
+    assert dkd == config.parse_args("distill", ["--loss", "dkd", "--dkd_target_weight", "1", "--dkd_non_target_weight", "8"])
+    assert dkd.params("distill")["dkd_non_target_weight"] == "8.0"
+    dist = config.parse_args("distill", ["--loss", "dist"])
+    assert (dist.dist_inter_weight, dist.dist_intra_weight) == (1.0, 1.0)
+    assert runs.run_name("distill", dkd.resolved()).endswith("-loss=dkd")
+    other = config.parse_args("distill", ["--loss", "dkd", "--dkd_non_target_weight", "2"])
+    assert runs.run_name("distill", other.resolved()).endswith("-loss=dkd-dkd_non_target_weight=2")
 
 
 @pytest.mark.parametrize(

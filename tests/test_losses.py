@@ -1,9 +1,10 @@
-"""The losses against a reference written from the formulas with SciPy, T^2 factor included."""
+"""The losses against a reference written from the formulas with NumPy and SciPy, T^2 factor included."""
 
 import numpy as np
 import pytest
 import tensorflow as tf
 from scipy.special import softmax
+from scipy.stats import pearsonr
 
 from kdflow import losses
 
@@ -66,3 +67,95 @@ def test_soft_term_gradient_is_independent_of_t_scale():
     gradient = tape.gradient(soft_only, student).numpy()
     expected = (student.numpy() - teacher.numpy()) / 10.0 / len(LABELS)
     np.testing.assert_allclose(gradient, expected, rtol=0.05, atol=2e-4)
+
+
+def dkd_reference(labels, student_logits, teacher_logits, temperature, target_weight, non_target_weight):
+    """Zhao et al.'s DKD from the definitions: binary KL on [p_t, 1 - p_t], and KL over the nine
+    other classes after deleting the target and renormalising."""
+    student = softmax(np.asarray(student_logits, np.float64) / temperature, axis=1)
+    teacher = softmax(np.asarray(teacher_logits, np.float64) / temperature, axis=1)
+    target_terms, non_target_terms = [], []
+    for label, student_row, teacher_row in zip(labels, student, teacher):
+        binary_student = np.array([student_row[label], 1 - student_row[label]])
+        binary_teacher = np.array([teacher_row[label], 1 - teacher_row[label]])
+        target_terms.append(np.sum(binary_teacher * np.log(binary_teacher / binary_student)))
+        rest_student, rest_teacher = np.delete(student_row, label), np.delete(teacher_row, label)
+        rest_student, rest_teacher = rest_student / rest_student.sum(), rest_teacher / rest_teacher.sum()
+        non_target_terms.append(np.sum(rest_teacher * np.log(rest_teacher / rest_student)))
+    distillation = target_weight * np.mean(target_terms) + non_target_weight * np.mean(non_target_terms)
+    return cross_entropy(one_hot(labels), np.asarray(student_logits, np.float64)) + temperature**2 * distillation
+
+
+def dist_reference(labels, student_logits, teacher_logits, temperature, inter_weight, intra_weight):
+    """Huang et al.'s DIST from the definitions, with SciPy's Pearson correlation per image and per class."""
+    student = softmax(np.asarray(student_logits, np.float64) / temperature, axis=1)
+    teacher = softmax(np.asarray(teacher_logits, np.float64) / temperature, axis=1)
+    inter = 1 - np.mean([pearsonr(s, t).statistic for s, t in zip(student, teacher)])
+    intra = 1 - np.mean([pearsonr(s, t).statistic for s, t in zip(student.T, teacher.T)])
+    return (cross_entropy(one_hot(labels), np.asarray(student_logits, np.float64))
+            + temperature**2 * (inter_weight * inter + intra_weight * intra))
+
+
+@pytest.mark.parametrize("temperature, target_weight, non_target_weight", [(4.0, 1.0, 8.0), (1.0, 1.0, 8.0),
+                                                                           (2.0, 0.5, 0.0), (20.0, 0.0, 2.0)])
+def test_dkd_loss_matches_reference(temperature, target_weight, non_target_weight):
+    expected = dkd_reference(LABELS, STUDENT_LOGITS, TEACHER_LOGITS, temperature, target_weight, non_target_weight)
+    actual = float(losses.dkd_loss(LABELS, STUDENT_LOGITS, TEACHER_LOGITS, temperature, target_weight, non_target_weight))
+    assert actual == pytest.approx(expected, rel=1e-4)
+
+
+def test_dkd_decomposes_classical_kd():
+    """The paper's identity, per image: KL(teacher || student) = TCKD + (1 - p_t of the teacher) * NCKD.
+    So DKD with alpha = 1 and beta = 1 - p_t, less its hard term, is the classical KD term."""
+    temperature = 4.0
+    teacher_target = softmax(TEACHER_LOGITS / temperature, axis=1)[np.arange(16), LABELS]
+    for index in range(4):
+        one = slice(index, index + 1)
+        dkd = float(losses.dkd_loss(LABELS[one], STUDENT_LOGITS[one], TEACHER_LOGITS[one], temperature,
+                                    1.0, float(1 - teacher_target[index])))
+        kd = float(losses.weighted_loss(LABELS[one], STUDENT_LOGITS[one], TEACHER_LOGITS[one], temperature, 0.0))
+        assert dkd - float(losses.hard_loss(LABELS[one], STUDENT_LOGITS[one])) == pytest.approx(kd, rel=1e-4)
+
+
+def test_dkd_stays_finite_when_the_teacher_is_certain():
+    """p_t = 1 in float32 makes log(1 - p_t) = -inf on the naive path; the loss and its gradient stay finite."""
+    teacher = np.zeros((16, 10), np.float32)
+    teacher[np.arange(16), LABELS] = 200.0
+    student = tf.constant(STUDENT_LOGITS * 30)
+    with tf.GradientTape() as tape:
+        tape.watch(student)
+        loss = losses.dkd_loss(LABELS, student, teacher, 1.0, 1.0, 8.0)
+    assert np.isfinite(float(loss)) and np.all(np.isfinite(tape.gradient(loss, student).numpy()))
+
+
+@pytest.mark.parametrize("temperature, inter_weight, intra_weight", [(1.0, 1.0, 1.0), (4.0, 1.0, 1.0), (2.0, 2.0, 0.0),
+                                                                     (1.0, 0.0, 0.5)])
+def test_dist_loss_matches_reference(temperature, inter_weight, intra_weight):
+    expected = dist_reference(LABELS, STUDENT_LOGITS, TEACHER_LOGITS, temperature, inter_weight, intra_weight)
+    actual = float(losses.dist_loss(LABELS, STUDENT_LOGITS, TEACHER_LOGITS, temperature, inter_weight, intra_weight))
+    assert actual == pytest.approx(expected, rel=1e-4)
+
+
+def test_dist_of_a_student_that_matches_the_teacher_is_the_hard_term_alone():
+    same = float(losses.dist_loss(LABELS, TEACHER_LOGITS, TEACHER_LOGITS, 4.0, 1.0, 1.0))
+    assert same == pytest.approx(float(losses.hard_loss(LABELS, TEACHER_LOGITS)), abs=1e-5)
+
+
+@pytest.mark.parametrize("loss_name", ["dkd", "dist"])
+def test_new_losses_on_a_bfloat16_network_match_the_reference_and_train(loss_name):
+    """The student network computes in bfloat16 and answers float32 logits; the loss of those logits
+    is the reference's, and its gradient reaches every weight."""
+    from kdflow import variants
+
+    student = variants.build_network("softmax", "normal", "bfloat16")
+    images = RNG.random((16, 28, 28)).astype(np.float32)
+    with tf.GradientTape() as tape:
+        student_logits = student(images, training=True)
+        parameters = {name: default for name, default in variants.LOSSES[loss_name].parameters.items()}
+        loss = variants.LOSSES[loss_name].function(LABELS, student_logits, TEACHER_LOGITS, 4.0, **parameters)
+    assert student_logits.dtype == tf.float32
+    reference = {"dkd": dkd_reference, "dist": dist_reference}[loss_name]
+    assert float(loss) == pytest.approx(reference(LABELS, student_logits.numpy(), TEACHER_LOGITS, 4.0, *parameters.values()),
+                                        rel=1e-4)
+    gradients = tape.gradient(loss, student.trainable_variables)
+    assert all(gradient is not None and np.any(gradient.numpy() != 0) for gradient in gradients)
