@@ -3,7 +3,9 @@ the results it expects.
 
 `mlflow run . -e sweep -P experiment=experiments/<name>.yaml --env-manager local` runs one, and a
 parameter given with -P beside it overrides the file (a comma-separated list is a grid axis).
-Every value is typed by the path a command line takes (``config.parse_value``), and every point
+A grid axis is a parameter's list of values, or a named list of parameter sets, each a mapping of
+parameters set together (a teacher with its student, a loss with its weights) whose lists form a
+small grid of that set's own. Every value is typed by the path a command line takes (``config.parse_value``), and every point
 of the grid is built as a Config before anything trains, so that a mistake is reported with its
 file and line rather than as a failed trial an hour in. ``kdflow.checks`` compares the results
 tables of a sweep with the cells its file expects.
@@ -94,8 +96,8 @@ class Experiment:
         Config makes some points equal (a teacher_temperature equal to the temperature is
         kdtf's own run), and each is planned once.
         """
-        points = itertools.product(*self.grid.values())
-        return list(dict.fromkeys(Config(**(self.params | dict(zip(self.grid, point)))) for point in points))
+        points = itertools.product(*([assignments(name, value) for value in values] for name, values in self.grid.items()))
+        return list(dict.fromkeys(Config(**self.params, **{k: v for part in point for k, v in part.items()}) for point in points))
 
     def to_yaml(self) -> str:
         """The experiment as resolved, overrides included, in the file format ``load`` reads."""
@@ -104,7 +106,8 @@ class Experiment:
             "name": self.name,
             "description": self.description,
             "params": {name: _plain(value) for name, value in self.params.items()} | sweep,
-            "grid": {name: [_plain(value) for value in values] for name, values in self.grid.items()},
+            "grid": {name: [_plain(value) if name in TRIAL_PARAMETERS else _FlowMapping((k, _plain(v)) for k, v in value)
+                            for value in values] for name, values in self.grid.items()},
         }
         if self.expected:
             cells = [{key: value for key, value in cell.items() if value not in ({}, "")} for cell in self.expected["cells"]]
@@ -116,13 +119,21 @@ class Experiment:
         defaults included, so that stating a default changes nothing), the grid, the kinds and the
         scheduler. Not where the trials run, nor the description and the expected results."""
         sweep = {name: to_text(getattr(self.sweep, name)) for name in SWEEP_PARAMETERS if name not in NOT_IDENTITY}
+        varied = {name for axis, values in self.grid.items() for value in values for name in assignments(axis, value)}
         shared = {
             name: to_text(self.params.get(name, getattr(DEFAULTS, name)))
             for name in TRIAL_PARAMETERS
-            if name not in self.grid
+            if name not in varied
         }
-        grid = {name: [to_text(value) for value in values] for name, values in self.grid.items()}
+        grid = {name: [to_text(value) if name in TRIAL_PARAMETERS else _point(dict(value), dict(value)) for value in values]
+                for name, values in self.grid.items()}
         return sweep | shared | grid
+
+
+def assignments(axis: str, value) -> dict:
+    """What one value of a grid axis sets: ``{axis: value}`` for a parameter's axis, and the
+    parameters of the set for an axis of parameter sets (kept as name-value pairs, in file order)."""
+    return {axis: value} if axis in TRIAL_PARAMETERS else dict(value)
 
 
 class _Dumper(yaml.SafeDumper):
@@ -135,6 +146,14 @@ def _represent_list(dumper: yaml.SafeDumper, values: list) -> yaml.Node:
 
 
 _Dumper.add_representer(list, _represent_list)
+
+
+class _FlowMapping(dict):
+    """One parameter set of a grid axis, written on one line as the experiment files write it."""
+
+
+_Dumper.add_representer(_FlowMapping, lambda dumper, mapping: dumper.represent_mapping(
+    "tag:yaml.org,2002:map", mapping.items(), flow_style=True))
 
 
 def _plain(value):
@@ -311,21 +330,51 @@ def _grid(top: dict, shown: str, params: dict) -> dict[str, list[tuple[object, s
     """The grid section: name -> [(typed value, where), ...]."""
     if "grid" not in top:
         return {}
-    grid = {}
+    grid, set_by = {}, {}  # set_by: parameter -> the axis that sets it
     for name, node, where in _items(top["grid"][0], shown, "grid"):
-        _refuse_name(name, where, TRIAL_PARAMETERS)
-        if name in params:
-            raise ValueError(f"{where}: {name} is in params too; give it once: in params one value, in grid a list")
+        is_set_axis = isinstance(node, yaml.SequenceNode) and node.value and all(
+            isinstance(item, yaml.MappingNode) for item in node.value)
+        if not is_set_axis:
+            _refuse_name(name, where, TRIAL_PARAMETERS)
+        elif name in TRIAL_PARAMETERS + SWEEP_PARAMETERS:
+            raise ValueError(f"{where}: a grid axis of parameter sets needs a name of its own, not the parameter {name}")
         if not isinstance(node, yaml.SequenceNode) or not node.value:
             raise ValueError(f"{where} must be a non-empty list of values, e.g. [{to_text(_default(name)) or 'null'}]")
         values = []
         for item in node.value:
             item_where = f"{shown}, line {_line(item)}: grid.{name}"
-            if not isinstance(item, yaml.ScalarNode):
-                raise ValueError(f"{item_where}: each value must be a single value (a number, a name or null)")
-            values.append((_typed(name, _value(item), item_where), item_where))
+            if is_set_axis:
+                values += [(parameter_set, item_where) for parameter_set in _parameter_sets(item, shown, f"grid.{name}")]
+            elif not isinstance(item, yaml.ScalarNode):
+                raise ValueError(f"{item_where}: each value must be a single value (a number, a name or null), "
+                                 "or every value a mapping of parameters set together")
+            else:
+                values.append((_typed(name, _value(item), item_where), item_where))
+        for parameter in dict.fromkeys(key for value, _ in values for key in assignments(name, value)):
+            if parameter in params:
+                raise ValueError(f"{where}: {parameter} is in params too; give it once: in params one value, in grid a list")
+            if parameter in set_by:
+                raise ValueError(f"{where}: {parameter} is set by the grid axis {set_by[parameter]} too; give it on one axis")
+            set_by[parameter] = name
         grid[name] = _unrepeated(values)
     return grid
+
+
+def _parameter_sets(node: yaml.Node, shown: str, path: str) -> list[tuple[tuple[str, object], ...]]:
+    """The values one mapping of an axis of parameter sets stands for: trial parameters set
+    together, as name-value pairs. A list in it is a small grid of that set's own (a temperature
+    curve for one student, say), so the mapping stands for the cross product of its lists."""
+    choices = []
+    for name, value_node, where in _items(node, shown, path):
+        _refuse_name(name, where, TRIAL_PARAMETERS)
+        if name == "data_dir":
+            raise ValueError(f"{where}: data_dir cannot vary over the grid; give one data_dir in params")
+        items = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
+        if not items or not all(isinstance(item, yaml.ScalarNode) for item in items):
+            raise ValueError(f"{where} must be one value or a non-empty list of values")
+        typed = _unrepeated([(_typed(name, _value(item), where), where) for item in items])
+        choices.append([(name, value) for value, _ in typed])
+    return [tuple(pairs) for pairs in itertools.product(*choices)]
 
 
 def _unrepeated(values: list[tuple[object, str]]) -> list[tuple[object, str]]:
@@ -343,6 +392,11 @@ def _override(params: dict, grid: dict, overrides: dict[str, str], shown: str) -
     for name, text in overrides.items():
         where = f"{shown}: -P {name}={text}"
         _refuse_name(name, where, TRIAL_PARAMETERS + SWEEP_PARAMETERS)
+        sets = [axis for axis, values in grid.items() if axis not in TRIAL_PARAMETERS
+                and any(name in dict(value) for value, _ in values)]
+        if sets:
+            raise ValueError(f"{where}: {name} is set by the file's grid axis {sets[0]}, a list of parameter sets; "
+                             "edit the file, or copy it, to change it")
         if name in SWEEP_PARAMETERS or "," not in text:
             params[name] = (_typed(name, text, where), where)
             grid.pop(name, None)
@@ -411,11 +465,16 @@ def _check_plan(params: dict, grid: dict, shown: str, top: dict) -> tuple[SweepC
     shared = {name: value for name, (value, _) in located.items()}
     axes = [[(name, value, where) for value, where in values] for name, values in grid.items()]
     points = list(itertools.product(*axes))
-    refusals = [_refusal(Config, shared | {name: value for name, value, _ in point}) for point in points]
+
+    def assigned(point) -> dict:
+        return {key: value for name, value, _ in point for key, value in assignments(name, value).items()}
+
+    refusals = [_refusal(Config, shared | assigned(point)) for point in points]
     if all(refusals):
         # Every point is refused: the value to blame, shared or of the grid, is the one whose
         # removal makes the first point acceptable.
-        _build(Config, located | {name: (value, where) for name, value, where in points[0]}, params_where)
+        _build(Config, located | {key: (value, where) for name, set_value, where in points[0]
+                                  for key, value in assignments(name, set_value).items()}, params_where)
     for name, values in grid.items():
         for value, where in values:
             errors = [error for point, error in zip(points, refusals) if (name, value, where) in point]
@@ -424,7 +483,7 @@ def _check_plan(params: dict, grid: dict, shown: str, top: dict) -> tuple[SweepC
     grid_where = top["grid"][1] if "grid" in top else shown
     for point, error in zip(points, refusals):
         if error:
-            values = {name: value for name, value, _ in point}
+            values = assigned(point)
             raise ValueError(f"{grid_where}: the grid point {_point(values, values)} is refused: {error}")
     return sweep, shared
 

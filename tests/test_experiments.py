@@ -178,6 +178,16 @@ def test_a_path_is_found_here_first_then_in_the_project(tmp_path, monkeypatch):
     ("description: x\ngrid:\n  hard_label_weight: [0.5]\n", 3,
      "grid.hard_label_weight: hard_label_weight is a parameter of loss=weighted, not of loss=kdtf"),
     ("description: x\nparams:\n  loss: weighted\n", 3, "params.loss: loss=weighted needs hard_label_weight"),
+    # Axes of parameter sets.
+    ("description: x\ngrid:\n  loss:\n    - {loss: dkd}\n", 3, "grid.loss: a grid axis of parameter sets needs a name of its own"),
+    ("description: x\ngrid:\n  method:\n    - {loss: dkd, speed: 2}\n", 4, "grid.method.speed: unknown parameter speed"),
+    ("description: x\ngrid:\n  method:\n    - {loss: dkd, temperature: [[2]]}\n", 4,
+     "grid.method.temperature must be one value or a non-empty list of values"),
+    ("description: x\nparams:\n  loss: dkd\ngrid:\n  method:\n    - {loss: dist}\n", 5, "grid.method: loss is in params too"),
+    ("description: x\ngrid:\n  seed: [12]\n  pair:\n    - {seed: 13}\n", 4, "grid.pair: seed is set by the grid axis seed too"),
+    ("description: x\ngrid:\n  method:\n    - {loss: dkd, dkd_target_weight: -1}\n", 4,
+     "grid.method: dkd_target_weight must be a finite number >= 0, got -1.0"),
+    ("description: x\ngrid:\n  pair:\n    - {data_dir: /a}\n", 4, "grid.pair.data_dir: data_dir cannot vary over the grid"),
     ("description: x\nexpected:\n  cells: []\n  wanted: 1\n", 4, "expected.wanted: unknown key wanted"),
     ("description: x\nexpected:\n  measured: {machine: here, speed: fast}\n", 3, "expected.measured.speed: unknown key speed"),
     ("description: x\nexpected:\n  measured:\n    machine: [a, b]\n", 4, "expected.measured.machine must be one value"),
@@ -231,6 +241,33 @@ def test_a_refused_point_of_the_grid_is_named(tmp_path):
     message = refusal(source)
     assert message.startswith(f"{source}, line 2: grid: the grid point loss=kdtf, hard_label_weight=0.5 is refused: ")
     assert "hard_label_weight is a parameter of loss=weighted" in message
+
+
+def test_an_axis_of_parameter_sets_varies_them_together_each_with_a_grid_of_its_own(tmp_path):
+    """Two teacher-student pairs, each over its own temperatures, crossed with losses that take
+    different parameters: no point sets a loss's weight for another loss, and -P cannot change a
+    parameter that a set holds."""
+    source = write(tmp_path, """\
+        description: x
+        grid:
+          pair:
+            - {student_model: softmax, temperature: [1, 5]}
+            - {student_model: mlp, recipe: tuned, temperature: [1, 20]}
+          method:
+            - {loss: kdtf}
+            - {loss: weighted, hard_label_weight: 0.5}
+          seed: [12, 13]
+        """)
+    experiment = experiments.load(source, {})
+    points = {(config.student_model, config.recipe, config.temperature, config.loss, config.hard_label_weight, config.seed)
+              for config in experiment.configs()}
+    assert len(points) == len(experiment.configs()) == 16
+    assert ("mlp", "tuned", 20.0, "weighted", 0.5, 13) in points and ("softmax", "kdtf", 5.0, "kdtf", None, 12) in points
+    assert not any(student == "softmax" and temperature == 20.0 for student, _, temperature, *_ in points)
+    assert experiment.identity()["method"] == ["loss=kdtf", "loss=weighted, hard_label_weight=0.5"]
+    assert "recipe" not in experiment.identity() and experiment.identity()["seed"] == ["12", "13"]
+    assert "temperature is set by the file's grid axis pair" in refusal(source, {"temperature": "2"})
+    assert {config.seed for config in experiments.load(source, {"seed": "14"}).configs()} == {14}
 
 
 def test_a_null_is_the_empty_value_of_a_parameter_whose_default_is_none(tmp_path):
