@@ -300,7 +300,9 @@ def _format(cell: Cell | None, with_errors: bool) -> str:
     if cell is None:
         return "—"
     spread = f" ± {cell.std:.2f}" if cell.std is not None else ""
-    return f"{cell.mean:.2f}{spread} ({cell.n})" + (f", {cell.errors:.0f} errors" if with_errors else "")
+    # The errors' spread over seeds is the accuracy's, counted in test images.
+    errors_spread = f" ± {cell.std * TEST_IMAGES / 100.0:.0f}" if cell.std is not None else ""
+    return f"{cell.mean:.2f}{spread} ({cell.n})" + (f", {cell.errors:.0f}{errors_spread} errors" if with_errors else "")
 
 
 def _reference_columns(table: Table) -> tuple[list[str], list[list[str]]]:

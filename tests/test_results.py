@@ -232,9 +232,10 @@ def test_mlp_students_and_their_teacher_have_a_table_of_their_own_beside_hinton_
     assert tables[TUNED].cell("Student only", 5.0).run_ids == tuple(ids["tuned student"])
     markdown = results.render_markdown([hinton])
     assert "| Model | T=1 | T=20 | Hinton et al. T=1 | Hinton et al. T=20 |" in markdown
-    assert (f"| {FIXED} | 98.30 (1), 170 errors | 98.65 ± 0.07 (2), 135 errors | — | 99.26, 74 errors |"
+    # Errors carry the accuracy's spread over seeds, counted in test images (0.07 points: 7 images).
+    assert (f"| {FIXED} | 98.30 (1), 170 errors | 98.65 ± 0.07 (2), 135 ± 7 errors | — | 99.26, 74 errors |"
             in markdown)
-    assert ("| Student only | 98.20 ± 0.07 (2), 180 errors | 98.20 ± 0.07 (2), 180 errors | 98.54, 146 errors "
+    assert ("| Student only | 98.20 ± 0.07 (2), 180 ± 7 errors | 98.20 ± 0.07 (2), 180 ± 7 errors | 98.54, 146 errors "
             "| 98.54, 146 errors |") in markdown
 
 
@@ -266,7 +267,8 @@ def test_written_files_agree_with_each_other_and_the_markdown(tables, tmp_path):
         section = markdown.split(f"## `{json_row['table']}`")[1].split("## ")[0]
         line = next(line for line in section.splitlines() if line.startswith(f"| {json_row['row']} |"))
         spread = f" ± {json_row['std']:.2f}" if json_row["std"] is not None else ""
-        errors = f", {json_row['errors']:.0f} errors" if "student_model=mlp" in json_row["table"] else ""
+        errors_spread = f" ± {json_row['std'] * 100:.0f}" if json_row["std"] is not None else ""
+        errors = f", {json_row['errors']:.0f}{errors_spread} errors" if "student_model=mlp" in json_row["table"] else ""
         assert f"| {json_row['mean']:.2f}{spread} ({json_row['n']}){errors} |" in line
     assert paths[3].read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
 
