@@ -90,3 +90,35 @@ def test_many_runs_finishing_at_once_leave_the_best_champion(tmp_path, monkeypat
         assert float(champion.tags[registry.VALIDATION_ACCURACY_TAG]) == max(accuracies)
         assert float(client.get_model_version_by_alias("kd-student", "champion-other").tags[
             registry.VALIDATION_ACCURACY_TAG]) == 0.99
+
+
+def test_choosing_a_champion_reads_only_the_versions_competing_for_its_alias(tmp_path, monkeypatch):
+    """The registry grows with every run of every setup; a champion is chosen among its own alias's
+    versions, and the server answers with those alone, however many others the model has."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    client = mlflow.MlflowClient()
+    client.create_registered_model("kd-student")
+    with mlflow.start_run() as run:
+        mlflow.set_tag(tracking.RUN_KEY_TAG, "complete")
+    source = f"runs:/{run.info.run_id}/model"
+
+    def register(alias, accuracy):
+        version = client.create_model_version("kd-student", source=source, run_id=run.info.run_id).version
+        client.set_model_version_tag("kd-student", version, registry.ALIAS_TAG, alias)
+        client.set_model_version_tag("kd-student", version, registry.VALIDATION_ACCURACY_TAG, str(accuracy))
+        return version
+
+    for index in range(60):  # Other setups' students, better than any of this alias's.
+        register(f"champion-loss-weighted-hard_label_weight-0_{index:02d}", 0.99)
+    own = [register("champion", accuracy) for accuracy in (0.90, 0.93, 0.91)]
+    answered = []
+    search = mlflow.MlflowClient.search_model_versions
+
+    def counting_search(self, *arguments, **keywords):
+        versions = search(self, *arguments, **keywords)
+        answered.append(len(versions))
+        return versions
+
+    monkeypatch.setattr(mlflow.MlflowClient, "search_model_versions", counting_search)
+    assert registry.crown_champion("kd-student", "champion") == own[1]
+    assert answered and set(answered) == {3}, answered
