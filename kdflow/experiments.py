@@ -96,8 +96,8 @@ class Experiment:
         Config makes some points equal (a teacher_temperature equal to the temperature is
         kdtf's own run), and each is planned once.
         """
-        points = itertools.product(*([assignments(name, value) for value in values] for name, values in self.grid.items()))
-        return list(dict.fromkeys(Config(**self.params, **{k: v for part in point for k, v in part.items()}) for point in points))
+        points = itertools.product(*([(name, value) for value in values] for name, values in self.grid.items()))
+        return list(dict.fromkeys(Config(**(self.params | assigned(point))) for point in points))
 
     def to_yaml(self) -> str:
         """The experiment as resolved, overrides included, in the file format ``load`` reads."""
@@ -134,6 +134,11 @@ def assignments(axis: str, value) -> dict:
     """What one value of a grid axis sets: ``{axis: value}`` for a parameter's axis, and the
     parameters of the set for an axis of parameter sets (kept as name-value pairs, in file order)."""
     return {axis: value} if axis in TRIAL_PARAMETERS else dict(value)
+
+
+def assigned(point) -> dict:
+    """Every parameter a point of the grid sets, from its (axis, value, ...) entries."""
+    return {name: setting for axis, value, *_ in point for name, setting in assignments(axis, value).items()}
 
 
 class _Dumper(yaml.SafeDumper):
@@ -465,10 +470,6 @@ def _check_plan(params: dict, grid: dict, shown: str, top: dict) -> tuple[SweepC
     shared = {name: value for name, (value, _) in located.items()}
     axes = [[(name, value, where) for value, where in values] for name, values in grid.items()]
     points = list(itertools.product(*axes))
-
-    def assigned(point) -> dict:
-        return {key: value for name, value, _ in point for key, value in assignments(name, value).items()}
-
     refusals = [_refusal(Config, shared | assigned(point)) for point in points]
     if all(refusals):
         # Every point is refused: the value to blame, shared or of the grid, is the one whose
