@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -208,6 +209,9 @@ def long_students(store: ProjectStore, count: int) -> list[subprocess.Popen]:
     for job in jobs:
         if not any(line.startswith("step 10/") for line in job.stdout):
             raise AssertionError(f"a student stopped before training (exit {job.wait()})")
+        # Read on: a student prints about 5 kB a second, and once the pipe's 64 kB are full it
+        # would block in a print and answer SIGTERM late or not at all.
+        threading.Thread(target=job.stdout.read, daemon=True).start()
     return jobs
 
 
