@@ -202,6 +202,20 @@ def calls_between(folder: Path, started: float, ended: float) -> list[float]:
     return latencies
 
 
+def calls_by_path(folder: Path, started: float, ended: float) -> tuple[int, float, float, dict[str, int]]:
+    """The tracking calls made in a time window: how many, the first's and the last's start, and
+    how many of each kind (method and path, an artifact by its file name)."""
+    starts, kinds = [], {}
+    for log in folder.glob("*.tsv"):
+        for line in log.read_text().splitlines():
+            at, _, method, path = line.split("\t")
+            if started <= float(at) <= ended:
+                starts.append(float(at))
+                what = f"{method} {path.rsplit('/', 1)[-1] if 'mlflow-artifacts' in path else path.split('/mlflow/', 1)[-1]}"
+                kinds[what] = kinds.get(what, 0) + 1
+    return len(starts), min(starts, default=started), max(starts, default=started), kinds
+
+
 def percentile(values: list[float], fraction: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[round(fraction * 100) - 1] if len(values) > 1 else values[0]
 
@@ -406,6 +420,9 @@ def measure(arguments, arguments_grid, cluster, server, folder) -> dict:
     last_end = max(run.info.end_time for run in runs) / 1000
     print(f"driver: {first_start - started:.1f} s from its start to the first trial's run (Ray, lookups, a worker "
           f"importing TensorFlow), {started + wall - last_end:.1f} s from the last trial's end to its exit")
+    count, first_call, last_call, kinds = calls_by_path(folder / "calls", last_end, started + wall)
+    print(f"the driver's end: {count} tracking calls from {first_call - last_end:.1f} s to {last_call - last_end:.1f} s "
+          "after the last trial's end: " + ", ".join(f"{n} {what}" for what, n in sorted(kinds.items(), key=lambda kv: -kv[1])))
     print(f"per-trial overhead, warm workers: p50 {statistics.median(gaps):.2f} s, p95 {percentile(gaps, 0.95):.2f} s "
           f"(goal: p50 <= 2 s)")
     if cold_gaps:

@@ -7,12 +7,16 @@ registry (what the MLflow UI's model version page shows) and the run's ``model_c
 Like ``runs``, this is text for people: it may change without touching ``tracking.code_version``.
 """
 
+import concurrent.futures
+
 import mlflow
 
 from kdflow import results, tracking, variants
 from kdflow.config import DEFAULTS, Config
 
 ARTIFACT = "model_card.md"
+# Cards written at once at a sweep's end: each waits mostly on the server, which serves several.
+WRITERS = 8
 
 
 def loss_form(config: Config) -> str:
@@ -104,19 +108,49 @@ def render(kind: str, config: Config, run, tables: list[results.Table], teacher_
     return "\n".join(lines) + "\n"
 
 
-def publish(kind: str, config: Config, tables: list[results.Table], run_id: str | None = None) -> None:
-    """Write the card of the registered student version of ``run_id`` (default: the active run);
-    a teacher's version gets its evaluation alone. Written again later (a sweep does, at its end),
-    it replaces the card."""
+def publish(kind: str, config: Config, tables: list[results.Table]) -> None:
+    """Write the card of the active run's registered student version; a teacher's version gets
+    its evaluation alone."""
     client = mlflow.MlflowClient()
-    run = client.get_run(run_id or mlflow.active_run().info.run_id)
+    run = client.get_run(mlflow.active_run().info.run_id)
+    versions = client.search_model_versions(f"run_id = '{run.info.run_id}'")
     if kind == "teacher":
         description = "\n".join([f"# Teacher: {run.info.run_name}", "", *evaluation_lines(run)])
-        for version in client.search_model_versions(f"run_id = '{run.info.run_id}'"):
+        for version in versions:
             client.update_model_version(version.name, version.version, description=description)
         return
     teacher_run = client.get_run(run.data.tags[tracking.TEACHER_RUN_TAG]) if kind == "distill" else None
-    card = render(kind, config, run, tables, teacher_run)
-    client.log_text(run.info.run_id, card, ARTIFACT)
-    for version in client.search_model_versions(f"run_id = '{run.info.run_id}'"):
+    _write(client, run.info.run_id, render(kind, config, run, tables, teacher_run), versions)
+
+
+def publish_again(students: list[tuple[str, Config, str]], tables: list[results.Table]) -> None:
+    """Write the cards of these (kind, config, run id) students again, as a sweep does at its end
+    once every seed of their cells is in. The runs, their teachers and their versions are read in
+    a search each, so a card costs its two writes alone, and several cards are written at once."""
+    client = mlflow.MlflowClient()
+    experiment_id = mlflow.active_run().info.experiment_id
+    runs = {run.info.run_id: run for run in results.search_ids(client, experiment_id, [run_id for *_, run_id in students])}
+    teacher_ids = {run.data.tags[tracking.TEACHER_RUN_TAG] for run in runs.values() if tracking.TEACHER_RUN_TAG in run.data.tags}
+    teachers = {run.info.run_id: run for run in results.search_ids(client, experiment_id, teacher_ids)}
+    teachers |= {run_id: client.get_run(run_id) for run_id in teacher_ids - teachers.keys()}  # a teacher named by URI
+    versions = {run_id: [] for run_id in runs}
+    for start in range(0, len(students), 500):
+        quoted = ", ".join(f"'{run_id}'" for *_, run_id in students[start:start + 500])
+        for version in client.search_model_versions(f"run_id IN ({quoted})"):
+            versions[version.run_id].append(version)
+
+    def write(kind: str, config: Config, run_id: str) -> None:
+        run = runs[run_id]
+        teacher_run = teachers[run.data.tags[tracking.TEACHER_RUN_TAG]] if kind == "distill" else None
+        _write(client, run_id, render(kind, config, run, tables, teacher_run), versions[run_id])
+
+    with concurrent.futures.ThreadPoolExecutor(WRITERS) as pool:
+        for future in [pool.submit(write, *student) for student in students]:
+            future.result()  # A card that could not be written fails the caller.
+
+
+def _write(client, run_id: str, card: str, versions: list) -> None:
+    """The card as the run's artifact and as the description of its registered versions."""
+    client.log_text(run_id, card, ARTIFACT)
+    for version in versions:
         client.update_model_version(version.name, version.version, description=card)

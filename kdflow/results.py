@@ -139,15 +139,20 @@ def collect_runs(experiment_id: str, client=None) -> list[RunRecord]:
     return [record for run, record in records if record and RUN_KEY_TAG in run.data.tags]
 
 
-def runs_by_id(experiment_id: str, run_ids: list[str], client=None) -> list[RunRecord]:
-    """The runs with these ids, in a search or a few: the callers' own, counted whether finished
-    and keyed or not, since a training run tabulates itself before it ends and writes its key."""
-    client = client or mlflow.MlflowClient()
+def search_ids(client, experiment_id: str, run_ids) -> list:
+    """The experiment's runs with these ids, in a search or a few rather than a request per run."""
     run_ids = sorted(set(run_ids))
-    records = []
+    runs = []
     for start in range(0, len(run_ids), 500):  # A filter of 500 ids stays well inside a request's size.
         quoted = ", ".join(f"'{run_id}'" for run_id in run_ids[start:start + 500])
-        records += [_record(run) for run in _search(client, experiment_id, f"attributes.run_id IN ({quoted})")]
+        runs += _search(client, experiment_id, f"attributes.run_id IN ({quoted})")
+    return runs
+
+
+def runs_by_id(experiment_id: str, run_ids: list[str], client=None) -> list[RunRecord]:
+    """The runs with these ids: the callers' own, counted whether finished and keyed or not,
+    since a training run tabulates itself before it ends and writes its key."""
+    records = [_record(run) for run in search_ids(client or mlflow.MlflowClient(), experiment_id, run_ids)]
     return [record for record in records if record]
 
 

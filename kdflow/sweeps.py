@@ -11,7 +11,6 @@ against this sweep's table (``check.md``). How the trials run on Ray Tune, and i
 ``kdflow.trials``'.
 """
 
-import concurrent.futures
 import dataclasses
 import json
 import math
@@ -32,8 +31,6 @@ from kdflow.trials import Outcome, Trial, TrialResult
 
 RESUMED_TAG = "kdflow.resumed_sweep"
 CHECK_TAG = "kdflow.check"
-# Cards written at once at a sweep's end: each waits mostly on the server, which serves several.
-CARD_WRITERS = 8
 # The tracking server's credentials, which every trial needs and no record may show.
 CREDENTIALS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
 
@@ -276,14 +273,9 @@ def _tabulated(outcomes: list[TrialResult]) -> list[str]:
 def rewrite_cards(outcomes: list[TrialResult], tables: list[results.Table]) -> None:
     """Write each trained or reused student's card again. Each was written when its trial ended,
     before the seeds after it: now every seed of its cell is in, the card gives the spread the
-    table shows. A card is a few tracking calls that wait on the server, so several go at once."""
-    students = [outcome for outcome in outcomes
-                if outcome.outcome in (Outcome.TRAINED, Outcome.REUSED) and outcome.trial.kind != "teacher"]
-    with concurrent.futures.ThreadPoolExecutor(CARD_WRITERS) as pool:
-        written = [pool.submit(cards.publish, outcome.trial.kind, outcome.trial.config.resolved(), tables, outcome.run_id)
-                   for outcome in students]
-        for future in written:
-            future.result()  # A card that could not be written fails the sweep, as before.
+    table shows."""
+    cards.publish_again([(outcome.trial.kind, outcome.trial.config.resolved(), outcome.run_id) for outcome in outcomes
+                         if outcome.outcome in (Outcome.TRAINED, Outcome.REUSED) and outcome.trial.kind != "teacher"], tables)
 
 
 def check_expected(experiment: Experiment, outcomes: list[TrialResult]) -> checks.Check:
