@@ -150,7 +150,10 @@ def publish_again(students: list[tuple[str, Config, str]], tables: list[results.
 
 
 def _write(client, run_id: str, card: str, versions: list) -> None:
-    """The card as the run's artifact and as the description of its registered versions."""
+    """The card as the run's artifact and as the description of its registered versions, unless
+    they hold it already: at a sweep's end, the last seed of each cell wrote its final card."""
+    if versions and all(version.description == card for version in versions):
+        return
     client.log_text(run_id, card, ARTIFACT)
     for version in versions:
         client.update_model_version(version.name, version.version, description=card)

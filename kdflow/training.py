@@ -79,7 +79,12 @@ def training_batches(arrays: tuple, batch_size: int, seed: int) -> tf.data.Datas
     """Endless shuffled batches, reshuffled every epoch like the TF1 tutorial's next_batch."""
     dataset = tf.data.Dataset.from_tensor_slices(arrays)
     dataset = dataset.shuffle(len(arrays[0]), seed=seed, reshuffle_each_iteration=True)
-    return dataset.repeat().batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    # A fixed prefetch, with tf.data's autotuning off: its optimiser thread sleeps up to a minute at a
+    # time and freeing the iterator waits for it, which held trials for up to 60 s after their last
+    # evaluation; on in-memory arrays it tunes nothing worth that (benchmarks/bench_training.py).
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return dataset.repeat().batch(batch_size).prefetch(2).with_options(options)
 
 
 def predict_logits(model: keras.Model, images: np.ndarray) -> np.ndarray:

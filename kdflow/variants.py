@@ -28,47 +28,14 @@ TEACHER, STUDENT = "teacher", "student"
 TEACHER_ROW, DISTILLATION_ROW, STUDENT_ROW = "Teacher", "Distillation", "Student only"
 
 
-# The built-in networks and losses, imported when first called: TensorFlow stays out of parameter checks.
-def _cnn(initializer, precision):
-    from kdflow import models
+def _lazy(module: str, name: str) -> Callable:
+    """``kdflow.<module>.<name>``, imported when first called: TensorFlow stays out of parameter checks."""
 
-    return models.build_cnn(initializer, precision)
+    def call(*args, **kwargs):
+        return getattr(importlib.import_module(f"kdflow.{module}"), name)(*args, **kwargs)
 
-
-def _softmax(initializer, precision):
-    from kdflow import models
-
-    return models.build_softmax(initializer, precision)
-
-
-def _mlp(initializer, precision):
-    from kdflow import models
-
-    return models.build_mlp(initializer, precision)
-
-
-def _kdtf_loss(*args, **parameters):
-    from kdflow import losses
-
-    return losses.kdtf_loss(*args, **parameters)
-
-
-def _weighted_loss(*args, **parameters):
-    from kdflow import losses
-
-    return losses.weighted_loss(*args, **parameters)
-
-
-def _dkd_loss(*args, **parameters):
-    from kdflow import losses
-
-    return losses.dkd_loss(*args, **parameters)
-
-
-def _dist_loss(*args, **parameters):
-    from kdflow import losses
-
-    return losses.dist_loss(*args, **parameters)
+    call.__name__ = call.__qualname__ = name
+    return call
 
 
 @dataclass(frozen=True)
@@ -142,17 +109,17 @@ _HINTON_ERRORS = {
 }
 NETWORKS = {
     "cnn": Network(
-        TEACHER, _cnn,
+        TEACHER, _lazy("models", "build_cnn"),
         "kdtf's CNN: conv 5x5x32, max-pool 2, conv 5x5x64, max-pool 2, dense 1024 ReLU, dropout 0.25, dense 10 "
         "(3,274,634 weights)",
     ),
     "softmax": Network(
-        STUDENT, _softmax,
+        STUDENT, _lazy("models", "build_softmax"),
         "softmax regression: one dense layer from the 784 pixels to 10 logits (7,850 weights)",
         {"kdtf": "normal", "tuned": "zeros"}, Reference("kdtf", _KDTF_ACCURACY),
     ),
     "mlp": Network(
-        STUDENT, _mlp,
+        STUDENT, _lazy("models", "build_mlp"),
         "an MLP of two hidden layers of 800 ReLU units, 784-800-800-10, no regularisation (1,276,810 weights)",
         {"kdtf": "normal", "tuned": "he"},
         Reference("Hinton et al.", {key: 100.0 - 100.0 * errors / HINTON_TEST_IMAGES for key, errors in _HINTON_ERRORS.items()},
@@ -161,23 +128,23 @@ NETWORKS = {
 }
 LOSSES = {
     "kdtf": Loss(
-        _kdtf_loss,
+        _lazy("losses", "kdtf_loss"),
         "kdtf's: CE(hard labels) + T² · CE(soft targets at T={temperature:g}), both weighted 1",
     ),
     "weighted": Loss(
-        _weighted_loss,
+        _lazy("losses", "weighted_loss"),
         "weighted: {hard_label_weight:g} · CE(hard labels) + (1 - {hard_label_weight:g}) · T² · KL(soft targets "
         "at T={temperature:g} || student at T={temperature:g}), as Keras' Distiller and torchdistill's KDLoss",
         {"hard_label_weight": None},
     ),
     "dkd": Loss(
-        _dkd_loss,
+        _lazy("losses", "dkd_loss"),
         "DKD (Zhao et al., 2022): CE(hard labels) + T² · ({dkd_target_weight:g} · KL of the target class's "
         "probability + {dkd_non_target_weight:g} · KL over the other classes), soft targets at T={temperature:g}",
         {"dkd_target_weight": 1.0, "dkd_non_target_weight": 8.0},
     ),
     "dist": Loss(
-        _dist_loss,
+        _lazy("losses", "dist_loss"),
         "DIST (Huang et al., 2022): CE(hard labels) + T² · ({dist_inter_weight:g} · (1 - Pearson correlation of "
         "each image's class probabilities) + {dist_intra_weight:g} · (1 - Pearson correlation of each class's "
         "probabilities over the batch)), at T={temperature:g}",
