@@ -32,7 +32,9 @@ def _lazy(module: str, name: str) -> Callable:
     """``kdflow.<module>.<name>``, imported when first called: TensorFlow stays out of parameter checks."""
 
     def call(*args, **kwargs):
-        return getattr(importlib.import_module(f"kdflow.{module}"), name)(*args, **kwargs)
+        # The builtin __import__ rather than importlib's: a loss runs inside a tf.function, and
+        # AutoGraph, which converts every Python function called there, warns on importlib's frozen code.
+        return getattr(__import__(f"kdflow.{module}", fromlist=[name]), name)(*args, **kwargs)
 
     call.__name__ = call.__qualname__ = name
     return call

@@ -1,12 +1,15 @@
 """The losses against a reference written from the formulas with NumPy and SciPy, T^2 factor included."""
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import tensorflow as tf
 from scipy.special import softmax
 from scipy.stats import pearsonr
 
-from kdflow import losses
+from kdflow import losses, variants
 
 RNG = np.random.default_rng(0)
 LABELS = RNG.integers(0, 10, size=16)
@@ -159,3 +162,31 @@ def test_new_losses_on_a_bfloat16_network_match_the_reference_and_train(loss_nam
                                         rel=1e-4)
     gradients = tape.gradient(loss, student.trainable_variables)
     assert all(gradient is not None and np.any(gradient.numpy() != 0) for gradient in gradients)
+
+
+AUTOGRAPH_SCRIPT = """
+import tensorflow as tf
+from kdflow import variants
+
+for name, loss in variants.LOSSES.items():
+    parameters = {parameter: 0.5 if default is None else default for parameter, default in loss.parameters.items()}
+
+    @tf.function
+    def objective(labels, student_logits, teacher_logits):
+        return loss.function(labels, student_logits, teacher_logits, 4.0, **parameters)
+
+    print(name, float(objective(tf.constant([1, 2]), tf.ones((2, 10)), tf.zeros((2, 10)))))
+"""
+
+
+def test_every_registered_loss_runs_in_a_tf_function_without_autograph_warnings(tmp_path):
+    """Training calls a loss through its registry entry inside a tf.function. AutoGraph converts every
+    Python function that call reaches, and warns in every trial's output about any it cannot read.
+    A fresh process, since AutoGraph warns once per function and process; a file, since AutoGraph
+    converts only functions whose source it can read."""
+    script = tmp_path / "objective.py"
+    script.write_text(AUTOGRAPH_SCRIPT)
+    process = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert process.returncode == 0, process.stderr[-3000:]
+    assert [line.split()[0] for line in process.stdout.splitlines()] == list(variants.LOSSES)
+    assert "AutoGraph could not transform" not in process.stdout + process.stderr
