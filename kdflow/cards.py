@@ -8,8 +8,11 @@ Like ``runs``, this is text for people: it may change without touching ``trackin
 """
 
 import concurrent.futures
+import tempfile
+from pathlib import Path
 
 import mlflow
+from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
 from kdflow import results, tracking, variants
 from kdflow.config import DEFAULTS, Config
@@ -120,7 +123,7 @@ def publish(kind: str, config: Config, tables: list[results.Table]) -> None:
             client.update_model_version(version.name, version.version, description=description)
         return
     teacher_run = client.get_run(run.data.tags[tracking.TEACHER_RUN_TAG]) if kind == "distill" else None
-    _write(client, run.info.run_id, render(kind, config, run, tables, teacher_run), versions)
+    _write(client, run, render(kind, config, run, tables, teacher_run), versions)
 
 
 def publish_again(students: list[tuple[str, Config, str]], tables: list[results.Table]) -> None:
@@ -142,18 +145,22 @@ def publish_again(students: list[tuple[str, Config, str]], tables: list[results.
     def write(kind: str, config: Config, run_id: str) -> None:
         run = runs[run_id]
         teacher_run = teachers[run.data.tags[tracking.TEACHER_RUN_TAG]] if kind == "distill" else None
-        _write(client, run_id, render(kind, config, run, tables, teacher_run), versions[run_id])
+        _write(client, run, render(kind, config, run, tables, teacher_run), versions[run_id])
 
     with concurrent.futures.ThreadPoolExecutor(WRITERS) as pool:
         for future in [pool.submit(write, *student) for student in students]:
             future.result()  # A card that could not be written fails the caller.
 
 
-def _write(client, run_id: str, card: str, versions: list) -> None:
+def _write(client, run, card: str, versions: list) -> None:
     """The card as the run's artifact and as the description of its registered versions, unless
     they hold it already: at a sweep's end, the last seed of each cell wrote its final card."""
     if versions and all(version.description == card for version in versions):
         return
-    client.log_text(run_id, card, ARTIFACT)
+    # Straight into the run's artifact store: MlflowClient.log_text would read the run again for its location.
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / ARTIFACT
+        path.write_text(card, encoding="utf-8")
+        get_artifact_repository(run.info.artifact_uri, mlflow.get_tracking_uri()).log_artifact(str(path))
     for version in versions:
         client.update_model_version(version.name, version.version, description=card)

@@ -80,8 +80,8 @@ def training_batches(arrays: tuple, batch_size: int, seed: int) -> tf.data.Datas
     dataset = tf.data.Dataset.from_tensor_slices(arrays)
     dataset = dataset.shuffle(len(arrays[0]), seed=seed, reshuffle_each_iteration=True)
     # A fixed prefetch, with tf.data's autotuning off: its optimiser thread sleeps up to a minute at a
-    # time and freeing the iterator waits for it, which held trials for up to 60 s after their last
-    # evaluation; on in-memory arrays it tunes nothing worth that (benchmarks/bench_training.py).
+    # time and freeing the iterator waited for it, which held trials up to 60 s after their last
+    # evaluation; on in-memory arrays it tunes nothing worth that (benchmarks/bench_pipeline.py).
     options = tf.data.Options()
     options.autotune.enabled = False
     return dataset.repeat().batch(batch_size).prefetch(2).with_options(options)
