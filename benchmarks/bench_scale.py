@@ -40,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import contextlib
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,7 +138,8 @@ class Sweep:
         started = time.perf_counter()
         driver = self.start()
         while driver.poll() is None:
-            time.sleep(2)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                driver.wait(timeout=2)  # back the moment the driver exits, so that its end is timed exactly
             if fault is not None:
                 driver, fault = fault(self, driver)
         if driver.returncode != 0:
