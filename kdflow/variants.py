@@ -32,9 +32,11 @@ def _lazy(module: str, name: str) -> Callable:
     """``kdflow.<module>.<name>``, imported when first called: TensorFlow stays out of parameter checks."""
 
     def call(*args, **kwargs):
-        # The builtin __import__ rather than importlib's: a loss runs inside a tf.function, and
-        # AutoGraph, which converts every Python function called there, warns on importlib's frozen code.
-        return getattr(__import__(f"kdflow.{module}", fromlist=[name]), name)(*args, **kwargs)
+        # An import statement, not importlib: a loss runs inside a tf.function, and AutoGraph, which
+        # converts every Python function called there, warns on importlib's frozen code.
+        from kdflow import losses, models
+
+        return getattr({"losses": losses, "models": models}[module], name)(*args, **kwargs)
 
     call.__name__ = call.__qualname__ = name
     return call

@@ -209,10 +209,19 @@ def long_students(store: ProjectStore, count: int) -> list[subprocess.Popen]:
     for job in jobs:
         if not any(line.startswith("step 10/") for line in job.stdout):
             raise AssertionError(f"a student stopped before training (exit {job.wait()})")
-        # Read on: a student prints about 5 kB a second, and once the pipe's 64 kB are full it
-        # would block in a print and answer SIGTERM late or not at all.
-        threading.Thread(target=job.stdout.read, daemon=True).start()
+        # Read on, keeping it for the test: a student prints about 5 kB a second, and once the
+        # pipe's 64 kB are full it would block in a print and answer SIGTERM late or not at all.
+        job.rest = []
+        job.reader = threading.Thread(target=lambda job=job: job.rest.extend(job.stdout), daemon=True)
+        job.reader.start()
     return jobs
+
+
+def rest_of_output(job: subprocess.Popen, timeout: float) -> str:
+    """What a long student printed after it began training, once it has exited."""
+    job.wait(timeout=timeout)
+    job.reader.join(timeout=30)
+    return "".join(job.rest)
 
 
 def end_orphans(store: ProjectStore) -> subprocess.CompletedProcess:
@@ -250,7 +259,7 @@ def test_a_run_that_failed_while_its_server_was_down_is_ended_once_it_is_back(fe
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     with serving(command, f"{uri}/health"):
         (job,) = long_students(store, 1)
-    output, _ = job.communicate(timeout=120)  # The server is gone: the next metrics fail, then so does the record.
+    output = rest_of_output(job, timeout=120)  # The server is gone: the next metrics fail, then so does the record.
     assert job.returncode != 0 and "could not store the FAILED status" in output, output[-3000:]
     with serving(command, f"{uri}/health"):
         (run,) = store.runs("student", status="RUNNING")
