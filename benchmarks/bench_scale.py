@@ -40,8 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
-import contextlib
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -138,7 +137,7 @@ class Sweep:
         started = time.perf_counter()
         driver = self.start()
         while driver.poll() is None:
-            with contextlib.suppress(subprocess.TimeoutExpired):
+            with suppress(subprocess.TimeoutExpired):
                 driver.wait(timeout=2)  # back the moment the driver exits, so that its end is timed exactly
             if fault is not None:
                 driver, fault = fault(self, driver)
@@ -193,29 +192,24 @@ def run_seconds(runs: list) -> float:
     return sum((run.info.end_time - run.info.start_time) / 1000 for run in runs)
 
 
-def calls_between(folder: Path, started: float, ended: float) -> list[float]:
-    """Latencies (seconds) of the tracking calls made in a time window, from benchmarks/call_timer."""
-    latencies = []
+def calls_between(folder: Path, started: float, ended: float) -> list[tuple[float, float, str, str]]:
+    """The tracking calls made in a time window, from benchmarks/call_timer: (start, seconds, method, path) each."""
+    calls = []
     for log in folder.glob("*.tsv"):
         for line in log.read_text().splitlines():
-            at, seconds, *_ = line.split("\t")
+            at, seconds, method, path = line.split("\t")
             if started <= float(at) <= ended:
-                latencies.append(float(seconds))
-    return latencies
+                calls.append((float(at), float(seconds), method, path))
+    return calls
 
 
-def calls_by_path(folder: Path, started: float, ended: float) -> tuple[int, float, float, dict[str, int]]:
-    """The tracking calls made in a time window: how many, the first's and the last's start, and
-    how many of each kind (method and path, an artifact by its file name)."""
-    starts, kinds = [], {}
-    for log in folder.glob("*.tsv"):
-        for line in log.read_text().splitlines():
-            at, _, method, path = line.split("\t")
-            if started <= float(at) <= ended:
-                starts.append(float(at))
-                what = f"{method} {path.rsplit('/', 1)[-1] if 'mlflow-artifacts' in path else path.split('/mlflow/', 1)[-1]}"
-                kinds[what] = kinds.get(what, 0) + 1
-    return len(starts), min(starts, default=started), max(starts, default=started), kinds
+def call_kinds(calls: list) -> dict[str, int]:
+    """How many calls of each kind: method and path, an artifact by its file name."""
+    kinds = {}
+    for _, _, method, path in calls:
+        what = f"{method} {path.rsplit('/', 1)[-1] if 'mlflow-artifacts' in path else path.split('/mlflow/', 1)[-1]}"
+        kinds[what] = kinds.get(what, 0) + 1
+    return kinds
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -412,7 +406,7 @@ def measure(arguments, arguments_grid, cluster, server, folder) -> dict:
     counts = count_check(names)
     ideal = run_seconds(runs) / slots
     gaps = slot_gaps(runs, slots)
-    latencies = calls_between(folder / "calls", started, started + wall)
+    latencies = [seconds for _, seconds, *_ in calls_between(folder / "calls", started, started + wall)]
 
     print(f"backend: PostgreSQL via mlflow server (artifact proxy); Ray: {slots} nodes x 1 CPU, one trial per node")
     print(f"warm workers: {arguments.trials} trials in {wall:.1f} s against an ideal {ideal:.1f} s "
@@ -422,9 +416,11 @@ def measure(arguments, arguments_grid, cluster, server, folder) -> dict:
     last_end = max(run.info.end_time for run in runs) / 1000
     print(f"driver: {first_start - started:.1f} s from its start to the first trial's run (Ray, lookups, a worker "
           f"importing TensorFlow), {started + wall - last_end:.1f} s from the last trial's end to its exit")
-    count, first_call, last_call, kinds = calls_by_path(folder / "calls", last_end, started + wall)
-    print(f"the driver's end: {count} tracking calls from {first_call - last_end:.1f} s to {last_call - last_end:.1f} s "
-          "after the last trial's end: " + ", ".join(f"{n} {what}" for what, n in sorted(kinds.items(), key=lambda kv: -kv[1])))
+    end_calls = calls_between(folder / "calls", last_end, started + wall)
+    starts = [at for at, *_ in end_calls] or [last_end]
+    kinds = sorted(call_kinds(end_calls).items(), key=lambda kind: -kind[1])
+    print(f"the driver's end: {len(end_calls)} tracking calls from {min(starts) - last_end:.1f} s to {max(starts) - last_end:.1f} s "
+          "after the last trial's end: " + ", ".join(f"{n} {what}" for what, n in kinds))
     print(f"per-trial overhead, warm workers: p50 {statistics.median(gaps):.2f} s, p95 {percentile(gaps, 0.95):.2f} s "
           f"(goal: p50 <= 2 s)")
     if cold_gaps:

@@ -137,9 +137,8 @@ def publish_again(students: list[tuple[str, Config, str]], tables: list[results.
     teachers = {run.info.run_id: run for run in results.search_ids(client, experiment_id, teacher_ids)}
     teachers |= {run_id: client.get_run(run_id) for run_id in teacher_ids - teachers.keys()}  # a teacher named by URI
     versions = {run_id: [] for run_id in runs}
-    for start in range(0, len(students), 500):
-        quoted = ", ".join(f"'{run_id}'" for *_, run_id in students[start:start + 500])
-        for version in client.search_model_versions(f"run_id IN ({quoted})"):
+    for filter_string in results.in_filters("run_id", runs):
+        for version in client.search_model_versions(filter_string):
             versions[version.run_id].append(version)
 
     def write(kind: str, config: Config, run_id: str) -> None:

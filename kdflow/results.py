@@ -139,14 +139,17 @@ def collect_runs(experiment_id: str, client=None) -> list[RunRecord]:
     return [record for run, record in records if record and RUN_KEY_TAG in run.data.tags]
 
 
-def search_ids(client, experiment_id: str, run_ids) -> list:
-    """The experiment's runs with these ids, in a search or a few rather than a request per run."""
+def in_filters(field: str, run_ids) -> list[str]:
+    """Search filters ``field IN (...)`` that together name these run ids, a few hundred each: a
+    search or a few rather than a request per run, each well inside a request's size."""
     run_ids = sorted(set(run_ids))
-    runs = []
-    for start in range(0, len(run_ids), 500):  # A filter of 500 ids stays well inside a request's size.
-        quoted = ", ".join(f"'{run_id}'" for run_id in run_ids[start:start + 500])
-        runs += _search(client, experiment_id, f"attributes.run_id IN ({quoted})")
-    return runs
+    return [f"{field} IN ({', '.join(repr(run_id) for run_id in run_ids[start:start + 500])})"
+            for start in range(0, len(run_ids), 500)]
+
+
+def search_ids(client, experiment_id: str, run_ids) -> list:
+    """The experiment's runs with these ids."""
+    return [run for filter_string in in_filters("attributes.run_id", run_ids) for run in _search(client, experiment_id, filter_string)]
 
 
 def runs_by_id(experiment_id: str, run_ids: list[str], client=None) -> list[RunRecord]:
