@@ -11,6 +11,7 @@ driver lives), tests/test_scale.py's faults.
 import json
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -124,6 +125,21 @@ def test_trials_that_fail_for_good_are_failed_runs_and_fail_the_sweep(cluster, o
     assert all(run.info.status == "FAILED" and "missing" in run.data.tags[tracking.ERROR_TAG] for run in trials)
     trial_table = mlflow.artifacts.download_artifacts(run_id=parent.info.run_id, artifact_path="trials.csv")
     assert all(",failed," in line and "missing" in line for line in Path(trial_table).read_text().splitlines()[1:])
+
+
+def test_a_sweep_into_a_new_experiment_trains_every_trial_without_importing_tensorflow_first(tmp_path):
+    """Nothing finished to compare run keys with: the driver leaves TensorFlow (3 s) to the trials."""
+    script = (
+        "import sys, mlflow\n"
+        "from kdflow import experiments, sweeps\n"
+        "mlflow.set_tracking_uri(sys.argv[1])\n"
+        "planned = sweeps.plan(experiments.parse_args(['--temperature', '2,5', '--num_steps', '7']))\n"
+        "found = sweeps.finished_trials(planned, mlflow.create_experiment('new'))\n"
+        "print(len(planned), sum(run is None for _, run, _ in found), 'tensorflow' in sys.modules, found[0][2])\n"
+    )
+    printed = subprocess.run([sys.executable, "-c", script, f"sqlite:///{tmp_path}/mlflow.db"], cwd=ROOT,
+                             capture_output=True, text=True, timeout=300, check=True).stdout
+    assert printed.split(maxsplit=3) == ["15", "15", "False", "the experiment has no finished run to reuse\n"]
 
 
 def test_trial_threads_and_gpu_memory_growth(monkeypatch):
