@@ -19,6 +19,7 @@ import enum
 import functools
 import os
 import queue
+import random
 import threading
 from dataclasses import dataclass, field
 
@@ -41,6 +42,7 @@ STOP_TIMEOUT_S = 120  # how long a warm worker's stopped trial may take to end i
 STOPPED_EARLY = "the sweep's scheduler stopped the trial early"  # why a stopped trial's run is KILLED
 SCHEDULERS = ("", "asha")  # "": every trial runs to the end; "asha": ASHA stops weak distillations early
 START_ORDER = {"teacher": 0, "distill": 1, "student": 2}  # longest and most waited for first
+SHUFFLE_SEED = 0  # the order a scheduler's trials start in is fixed, so a sweep repeats
 
 
 @dataclass(frozen=True)
@@ -99,10 +101,17 @@ class TrialQueue(Searcher):
     A distillation waits only for its own teacher's trial; if that trial failed for good, the
     distillation is not started (it would train a teacher of its own inside its run). Teachers
     start first, being the longest and waited for; students fill the slots nothing else can use.
+
+    ``shuffled`` (under ASHA) starts each kind's trials in a seeded shuffle rather than in grid
+    order. Asynchronous ASHA judges a trial at a rung only against those that reached it before,
+    and cannot stop the first ones: in grid order those are the neighbours of one corner of the
+    grid, which tell the weak from the strong late. Spread over the grid, they do so early.
     """
 
-    def __init__(self, trials: list[Trial]):
+    def __init__(self, trials: list[Trial], shuffled: bool = False):
         super().__init__()
+        if shuffled:
+            trials = random.Random(SHUFFLE_SEED).sample(trials, len(trials))
         self.waiting = sorted(trials, key=lambda trial: START_ORDER[trial.kind])
         self.pending_teachers = {trial.teacher_key() for trial in trials if trial.kind == "teacher"}
         self.failed_teachers: set[str] = set()
@@ -311,7 +320,7 @@ def _trial_folder(tune_trial) -> str:
 def tune_trials(trials: list[Trial], shared: dict, resources: dict, slots: int, scheduler: str, name: str
                 ) -> list[TrialResult]:
     """Run the trials on Ray Tune (already connected; ``slots`` trials fit at once) and return each one's outcome."""
-    trial_queue, by_name = TrialQueue(trials), {trial.name: trial for trial in trials}
+    trial_queue, by_name = TrialQueue(trials, shuffled=bool(scheduler)), {trial.name: trial for trial in trials}
     assert len(by_name) == len(trials), "a sweep's trials have names of their own (experiments refuses the rest)"
     if scheduler == "asha":
         # A failed trial reports its error, not a validation accuracy: ASHA must not take that for a bug.

@@ -188,6 +188,12 @@ def test_sweep_plan_and_the_order_trials_start_in_without_a_barrier():
         ("distill-T2-seed13" + short, trials.Outcome.FAILED, "its teacher's trial failed"),
     ]
 
+    # Under a scheduler each kind's trials start in a fixed shuffle, teachers still first.
+    shuffled = [trial.name for trial in (trials.TrialQueue(planned, shuffled=True).waiting)]
+    assert shuffled == [trial.name for trial in trials.TrialQueue(planned, shuffled=True).waiting]
+    assert sorted(shuffled[:4]) == [trial.name for trial in planned[:4]] and shuffled[:4] != [trial.name for trial in planned[:4]]
+    assert [name.split("-")[0] for name in shuffled] == sorted((trial.kind for trial in planned), key=trials.START_ORDER.get)
+
     # A grid over loss weights: one distillation per weight, each named by it; teachers are shared.
     grid = experiments.parse_args(["--temperature", "2", "--seed", "12", "--kinds", "teacher,distill",
                                    "--loss", "weighted", "--hard_label_weight", "0.1,0.5"])
