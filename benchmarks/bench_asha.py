@@ -68,7 +68,7 @@ def main() -> dict:
         teacher_seconds = run_sweep(base, EXPERIMENT, "--kinds", "teacher", "--cpus_per_trial", str(SLOTS))
         # The same file without its scheduler (an empty -P scheduler keeps the file's): the same
         # name, so the same sweep, each trial run to the end.
-        to_the_end = Path(temporary) / "to-the-end" / EXPERIMENT.name
+        to_the_end = Path(temporary) / "without-scheduler" / EXPERIMENT.name
         to_the_end.parent.mkdir()
         lines = EXPERIMENT.read_text().splitlines(keepends=True)
         to_the_end.write_text("".join(line for line in lines if line.strip() != "scheduler: asha"))
