@@ -49,7 +49,7 @@ import mlflow
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from kdflow import experiments, sweeps, tracking  # noqa: E402
+from kdflow import experiments, sweeps, tracking, trials  # noqa: E402
 from scripts import postgres, servers  # noqa: E402
 
 MLFLOW = str(Path(sys.executable).parent / "mlflow")
@@ -186,6 +186,15 @@ def slot_gaps(runs: list, slots: int) -> list[float]:
             gaps.append((run.info.start_time - heapq.heappop(free_at)) / 1000)
         heapq.heappush(free_at, run.info.end_time)
     return gaps
+
+
+def node_first_trials(runs: list, started: float) -> list[float]:
+    """Seconds from the driver's start to each node's first trial run, earliest first."""
+    first = {}
+    for run in runs:
+        node = run.data.tags[trials.NODE_TAG]
+        first[node] = min(first.get(node, run.info.start_time), run.info.start_time)
+    return sorted(start / 1000 - started for start in first.values())
 
 
 def run_seconds(runs: list) -> float:
@@ -416,6 +425,10 @@ def measure(arguments, arguments_grid, cluster, server, folder) -> dict:
     last_end = max(run.info.end_time for run in runs) / 1000
     print(f"driver: {first_start - started:.1f} s from its start to the first trial's run (Ray, lookups, a worker "
           f"importing TensorFlow), {started + wall - last_end:.1f} s from the last trial's end to its exit")
+    node_starts = node_first_trials(runs, started)
+    print(f"start per node: each node's first trial began {node_starts[0]:.1f} to {node_starts[-1]:.1f} s after the "
+          f"driver's start ({len(node_starts)} nodes): the start is paid once for all nodes, not once per node "
+          f"(goal: the last node's first trial within half a start of the first node's)")
     end_calls = calls_between(folder / "calls", last_end, started + wall)
     starts = [at for at, *_ in end_calls] or [last_end]
     kinds = sorted(call_kinds(end_calls).items(), key=lambda kind: -kind[1])
@@ -435,7 +448,9 @@ def measure(arguments, arguments_grid, cluster, server, folder) -> dict:
               "the count check after each (mid-sweep: the trials finished so far):")
         faults = faults_run(arguments.fault_trials, cluster, server, logs)
     summary = {"backend": "postgresql", "nodes": slots, "trials": arguments.trials, **counts,
-               "efficiency": f"{ideal / wall:.2f}", "overhead_p50_s": f"{statistics.median(gaps):.1f}"}
+               "efficiency": f"{ideal / wall:.2f}", "overhead_p50_s": f"{statistics.median(gaps):.1f}",
+               "start_s": f"{first_start - started:.1f}", "node_starts_s": f"{node_starts[0]:.1f}-{node_starts[-1]:.1f}",
+               "end_s": f"{started + wall - last_end:.1f}"}
     print("scale: " + " ".join(f"{name}={value}" for name, value in summary.items()), flush=True)
     return {**summary, "faults": faults}
 

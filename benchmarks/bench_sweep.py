@@ -70,7 +70,7 @@ def run_seconds(runs) -> list[float]:
     return [(run.info.end_time - run.info.start_time) / 1000 for run in runs]
 
 
-def main() -> None:
+def main() -> dict:
     with tempfile.TemporaryDirectory() as folder:
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{folder}/mlflow.db"
         os.chdir(folder)
@@ -90,6 +90,7 @@ def main() -> None:
                                      ("two slots", two_slot_jobs, 2, two_at_a_time)):
         print(f"  {label}: MLflow run time per trial {min(jobs):.1f}-{max(jobs):.1f} s (median "
               f"{sorted(jobs)[len(jobs) // 2]:.1f}); Ray and sweep overhead per trial {(slots * wall - sum(jobs)) / len(jobs):.1f} s")
+    return {"speed_up": one_at_a_time / two_at_a_time}
 
 
 if __name__ == "__main__":
