@@ -112,7 +112,13 @@ def log_dataset(kind: str, config, splits) -> None:
         name=f"{splits.dataset}-train",
         digest=splits.digest[:32],
     )
-    mlflow.log_input(dataset, context="training")
+    try:
+        mlflow.log_input(dataset, context="training")
+    except MlflowException:
+        # Runs that log a dataset new to the experiment at once race in MLflow's SQL store: each
+        # finds no row for it and inserts one, and all but the first break its unique constraint.
+        # Asked again, the store finds the first run's row and links this run to it.
+        mlflow.log_input(dataset, context="training")
     mlflow.set_tag(DATA_DIGEST_TAG, splits.digest)
 
 

@@ -73,3 +73,29 @@ def test_four_trials_at_once_on_a_new_sqlite_file(tmp_path, fetched_mnist, monke
     assert sorted(int(run.data.params["seed"]) for run in finished) == list(range(1, TRIALS + 1))
     with contextlib.closing(sqlite3.connect(database)) as connection:
         assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+RACE_SCRIPT = """
+import sys, time, types
+import mlflow, numpy as np
+from kdflow import store, tracking
+store.prepare()
+splits = types.SimpleNamespace(train_images=np.zeros((10, 28, 28), np.float32), train_labels=np.zeros(10, np.int64),
+                               source="a test", dataset="mnist", digest="0" * 64)
+with mlflow.start_run():
+    time.sleep(max(0.0, float(sys.argv[1]) - time.time()))  # All at once: MLflow's own check-then-insert races.
+    tracking.log_dataset("student", None, splits)
+"""
+
+
+def test_runs_that_log_a_new_dataset_at_once_all_record_it(tmp_path):
+    runs = 8
+    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    start_at = time.time() + 12  # Past every process's imports and store set-up.
+    processes = [subprocess.Popen([sys.executable, "-c", RACE_SCRIPT, str(start_at)], cwd=ROOT, env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(runs)]
+    outputs = [process.communicate(timeout=120)[0] for process in processes]
+    assert all(process.returncode == 0 for process in processes), "\n".join(output[-1500:] for output in outputs)
+    with contextlib.closing(sqlite3.connect(tmp_path / "mlflow.db")) as database:
+        assert database.execute("SELECT count(*) FROM datasets").fetchone()[0] == 1
+        assert database.execute("SELECT count(DISTINCT destination_id) FROM inputs").fetchone()[0] == runs
