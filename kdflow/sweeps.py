@@ -24,7 +24,7 @@ import mlflow
 import pandas as pd
 import ray
 
-from kdflow import cards, checks, liveness, quiet, registry, results, runs, tracking, trials, variants
+from kdflow import cards, checks, liveness, precision, quiet, registry, results, runs, tracking, trials, variants
 from kdflow.config import KINDS, to_text
 from kdflow.experiments import Experiment, SweepConfig
 from kdflow.trials import Outcome, Trial, TrialResult
@@ -179,10 +179,7 @@ def finished_trials(planned: list[Trial], experiment_id: str) -> list[tuple[Tria
     """
     finished = tracking.finished_runs_by_key(experiment_id)  # One search for every trial.
     if not finished:
-        # Nothing to compare keys with. Not importing TensorFlow here (3 s on two cores, before
-        # Ray starts) brings a new experiment's first trials that much sooner.
         return [(trial, None, "the experiment has no finished run to reuse") for trial in planned]
-    quiet.import_tensorflow()  # Before "auto" precision asks TensorFlow about this machine's GPUs.
 
     def lookup(trial: Trial, teacher_logits_digest: str = "") -> tuple[Trial, object, str]:
         config = trial.config.resolved()
@@ -216,6 +213,10 @@ def run_trials(experiment: Experiment) -> list[TrialResult]:
     """Run the sweep's trials inside the active (parent) run; return each trial's outcome."""
     sweep = experiment.sweep
     parent = mlflow.active_run().info
+    if precision.sees_gpu_drivers():
+        # "auto" precision asks TensorFlow about the GPUs (in run keys, names and cards): its
+        # start-up lines held back. A machine without GPU drivers has none to ask about.
+        quiet.import_tensorflow()
     if sweep.resume:
         print(f"resuming sweep {end_interrupted_sweep()}; its finished trials are reused", flush=True)
     tracking_uri = absolute_tracking_uri()

@@ -5,6 +5,9 @@ branch, the GPU ones included, is tested here on a machine without a GPU. The sa
 what a run calls (``precision.resolve``) with this machine's flags and GPUs.
 """
 
+import subprocess
+import sys
+
 import keras
 import numpy as np
 import pytest
@@ -97,3 +100,20 @@ def test_float16_training_with_loss_scaling_learns_like_float32(fetched_mnist):
 
     # The same batches from the same zero start: float16 arithmetic may cost a little, not the learning.
     assert best_validation_accuracy("float16") == pytest.approx(best_validation_accuracy("float32"), abs=0.02)
+
+
+def test_auto_on_linux_without_gpu_drivers_needs_no_tensorflow(tmp_path):
+    """A sweep's driver resolves "auto" without importing TensorFlow where no GPU driver is."""
+    script = ("import sys; from pathlib import Path; from kdflow import precision\n"
+              "print(precision.sees_gpu_drivers(Path(sys.argv[1])), precision.gpu_capabilities() if sys.argv[2] == 'ask' else '',"
+              " 'tensorflow' in sys.modules)")
+    no_drivers, nvidia = tmp_path / "none", tmp_path / "nvidia"
+    no_drivers.mkdir()
+    nvidia.mkdir()
+    (nvidia / "nvidia0").touch()
+    run = lambda devices, ask: subprocess.run([sys.executable, "-c", script, str(devices), ask], capture_output=True,
+                                              text=True, timeout=300, check=True).stdout.split()
+    assert run(no_drivers, "") == ["False", "False"]
+    assert run(nvidia, "") == ["True", "False"]
+    if not precision.sees_gpu_drivers():  # This machine has none: asking costs no TensorFlow.
+        assert run(no_drivers, "ask") == ["False", "[]", "False"]
