@@ -178,8 +178,6 @@ def finished_trials(planned: list[Trial], experiment_id: str) -> list[tuple[Tria
     precision=auto on its own node; the driver looks up what it would choose.
     """
     finished = tracking.finished_runs_by_key(experiment_id)  # One search for every trial.
-    if not finished:
-        return [(trial, None, "the experiment has no finished run to reuse") for trial in planned]
 
     def lookup(trial: Trial, teacher_logits_digest: str = "") -> tuple[Trial, object, str]:
         config = trial.config.resolved()
