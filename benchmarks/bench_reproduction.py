@@ -67,19 +67,22 @@ def breakdown(sweep_run, wall_seconds: float) -> tuple[dict[str, float], list, i
         parts[training] += metrics["train_seconds"]
         parts["evaluation"] += metrics["evaluation_seconds"]
         parts["teacher logits"] += metrics.get("teacher_logits_seconds", 0.0)
-        in_run = (trial.info.end_time - trial.info.start_time) / 1000
-        parts["tracking"] += in_run - metrics["train_seconds"] - metrics["evaluation_seconds"] - metrics.get(
-            "teacher_logits_seconds", 0.0)
+        parts["tracking"] += outside_training(trial)
     slots = int(os.cpu_count() // float(sweep_run.data.params.get("params.cpus_per_trial", "1")))
     parts["orchestration"] = slots * wall_seconds - sum(parts.values())
     return parts, trials, slots
 
 
+def outside_training(run) -> float:
+    """A trial's seconds in its run outside training, evaluation and its teacher logits: its tracking."""
+    metrics = run.data.metrics
+    in_run = (run.info.end_time - run.info.start_time) / 1000
+    return in_run - metrics["train_seconds"] - metrics["evaluation_seconds"] - metrics.get("teacher_logits_seconds", 0.0)
+
+
 def teachers_outside(trials: list) -> list[float]:
-    """Each teacher's seconds in its run outside training, evaluation and its logits, fewest first (goal: median <= 3 s)."""
-    return sorted((run.info.end_time - run.info.start_time) / 1000 - sum(
-        run.data.metrics.get(name, 0.0) for name in ("train_seconds", "evaluation_seconds", "teacher_logits_seconds"))
-        for run in trials if run.data.tags["kdflow.kind"] == "teacher")
+    """Each teacher's seconds outside training, evaluation and its logits, fewest first (goal: median <= 3 s)."""
+    return sorted(outside_training(run) for run in trials if run.data.tags["kdflow.kind"] == "teacher")
 
 
 def evaluation_shares(trials: list) -> dict[str, float]:
