@@ -19,7 +19,8 @@ next one trains again. The figures per size are medians over the repeats:
   (the ``train_seconds``, ``evaluation_seconds`` and ``model_evaluation_seconds`` metrics): start-up,
   data, the teacher's logits, tracking, the results table and the registry;
 - ``calls``: its HTTP calls to the tracking server (benchmarks/call_timer), and among them
-  ``run_searches`` and ``version_searches``;
+  ``run_searches`` and ``version_searches``; ``calls_s``, their seconds (client-side), and at the
+  end the five calls whose seconds grew most from the smallest size to the largest;
 - ``table_s`` and ``table_runs``: regenerating the run's own results table in this process
   (``results.regenerate`` with the run as anchor), and the runs its searches answered with;
   ``report_s``, the whole experiment's table (the ``report`` entry point's) for comparison.
@@ -139,10 +140,14 @@ def measure_run(experiment_id: str, calls: Path, environment: dict) -> dict:
     metrics = run.data.metrics
     inside = metrics["train_seconds"] + metrics["evaluation_seconds"] + metrics["model_evaluation_seconds"]
     log = calls / f"{process_pid(run)}.tsv"
-    paths = Counter(line.split("\t")[3].strip() for line in log.read_text().splitlines())
+    lines = [line.split("\t") for line in log.read_text().splitlines()]
+    paths = Counter(path.strip() for _, _, _, path in lines)
+    seconds_by_path = Counter()
+    for _, seconds, _, path in lines:
+        seconds_by_path[path.strip()] += float(seconds)
     figures = {"wall_s": wall, "outside_s": wall - inside, "calls": sum(paths.values()),
-               "run_searches": paths["/api/2.0/mlflow/runs/search"],
-               "version_searches": paths["/api/2.0/mlflow/model-versions/search"]}
+               "calls_s": sum(seconds_by_path.values()), "run_searches": paths["/api/2.0/mlflow/runs/search"],
+               "version_searches": paths["/api/2.0/mlflow/model-versions/search"], "seconds_by_path": seconds_by_path}
     figures |= table_cost(experiment_id, run.info.run_id)
     client.delete_run(run.info.run_id)  # So that the next repeat trains again, and is the row's one run.
     return figures
@@ -154,7 +159,11 @@ def process_pid(run) -> int:
 
 
 def median_figures(repeats: list[dict]) -> dict:
-    return {name: statistics.median(figures[name] for figures in repeats) for name in repeats[0]}
+    """Each figure's median over the repeats; for ``seconds_by_path``, each path's median seconds."""
+    medians = {name: statistics.median(figures[name] for figures in repeats) for name in repeats[0] if name != "seconds_by_path"}
+    paths = set().union(*(figures["seconds_by_path"] for figures in repeats))
+    return medians | {"seconds_by_path": {path: statistics.median(figures["seconds_by_path"][path] for figures in repeats)
+                                          for path in paths}}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -186,8 +195,14 @@ def measure(sizes: list[int], repeats: int, folder: Path) -> dict:
         filled = size
         report[size] = median_figures([measure_run(experiment_id, folder / "calls", environment) for _ in range(repeats)])
         print(f"runs={size} " + " ".join(f"{name}={value:.2f}" if isinstance(value, float) else f"{name}={value}"
-                                          for name, value in report[size].items()), flush=True)
+                                          for name, value in report[size].items() if name != "seconds_by_path"), flush=True)
     smallest, largest = report[sizes[0]], report[sizes[-1]]
+    # Where the time outside training grew: the calls whose seconds grew most.
+    growth = {path: largest["seconds_by_path"].get(path, 0.0) - smallest["seconds_by_path"].get(path, 0.0)
+              for path in set(smallest["seconds_by_path"]) | set(largest["seconds_by_path"])}
+    for path in sorted(growth, key=growth.get, reverse=True)[:5]:
+        print(f"  {path}: {smallest['seconds_by_path'].get(path, 0.0):.2f} -> {largest['seconds_by_path'].get(path, 0.0):.2f} s",
+              flush=True)
     print(f"growth: sizes={sizes[0]},{sizes[-1]} outside_x={largest['outside_s'] / smallest['outside_s']:.2f} "
           f"calls_x={largest['calls'] / smallest['calls']:.2f} table_x={largest['table_s'] / smallest['table_s']:.2f} "
           f"table_runs={smallest['table_runs']},{largest['table_runs']}", flush=True)
