@@ -11,6 +11,7 @@ import os
 import pickle
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import zipfile
@@ -182,9 +183,14 @@ def install_debian_package(package: str, installs: Path) -> str | None:
 
 
 @contextmanager
-def serving(command: list[str], ready_url: str, env=None, timeout: float = 180):
-    """Start a server process, wait until ``ready_url`` answers, and stop the server afterwards."""
-    server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+def serving(command: list[str], ready_url: str, env=None, timeout: float = 180, crash: bool = False):
+    """Start a server process, wait until ``ready_url`` answers, and stop the server afterwards.
+
+    It stops with SIGTERM, shutting down gracefully and still answering the requests under way;
+    with ``crash``, as a crash would: SIGKILL to its process group, so all its processes die at once.
+    """
+    server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                              start_new_session=crash)
     try:
         try:
             servers.wait_until_answers(ready_url, server, timeout)
@@ -193,5 +199,8 @@ def serving(command: list[str], ready_url: str, env=None, timeout: float = 180):
             raise AssertionError(f"{command[:3]} did not start ({error}):\n{server.stderr.read()[-3000:]}") from None
         yield
     finally:
-        server.terminate()
+        if crash:
+            os.killpg(server.pid, signal.SIGKILL)
+        else:
+            server.terminate()
         server.wait(timeout=30)

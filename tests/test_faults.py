@@ -5,7 +5,6 @@ not FINISHED, has no run key (so no lookup reuses it and no table counts it), an
 run whose process is gone does not stay RUNNING; and only a complete run's version holds an alias.
 """
 
-import contextlib
 import json
 import os
 import signal
@@ -21,7 +20,7 @@ import pytest
 from PIL import Image
 
 from kdflow import config, data, liveness, registry, tracking
-from scripts.servers import free_port, wait_until_answers
+from scripts.servers import free_port
 from tests.conftest import MLFLOW, ROOT, ProjectStore, serving
 
 pytestmark = pytest.mark.slow
@@ -91,22 +90,6 @@ def test_a_full_artifact_disk_fails_the_run_and_the_next_run_trains_again(own_st
     assert finished.info.run_id != run.info.run_id and tracking.RUN_KEY_TAG in finished.data.tags
 
 
-@contextlib.contextmanager
-def killed_at_the_end(command: list[str], ready_url: str):
-    """A server that answers until the block ends, then dies at once with all its processes.
-
-    SIGKILL to its process group, as a crash would: on ``serving``'s SIGTERM the server shuts down
-    gracefully, still answering the requests under way.
-    """
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        wait_until_answers(ready_url, server)
-        yield
-    finally:
-        os.killpg(server.pid, signal.SIGKILL)
-        server.wait()
-
-
 def test_a_tracking_server_killed_mid_run_and_restarted_leaves_the_run_failed(fetched_mnist, tmp_path, monkeypatch):
     """The server dies while a run trains, and is back before the run's process exits.
 
@@ -121,7 +104,7 @@ def test_a_tracking_server_killed_mid_run_and_restarted_leaves_the_run_failed(fe
                "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0"}
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "KDFLOW_CACHE_DIR": str(fetched_mnist[1]), **retries}
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    with killed_at_the_end(command, f"{uri}/health"):
+    with serving(command, f"{uri}/health", crash=True):
         job = subprocess.Popen(
             [sys.executable, str(ROOT / "entrypoints" / "student.py"), "--num_steps", "1000000", "--eval_every", "10"],
             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -269,7 +252,7 @@ def test_a_run_that_failed_while_its_server_was_down_is_ended_once_it_is_back(fe
     store = ProjectStore(tmp_path, fetched_mnist[1])
     store.env.update({"MLFLOW_TRACKING_URI": uri, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"})  # Each call fails at once.
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    with killed_at_the_end(command, f"{uri}/health"):
+    with serving(command, f"{uri}/health", crash=True):
         (job,) = long_students(store, 1)
     output = rest_of_output(job, timeout=120)  # The server is gone: the next metrics fail, then so does the record.
     said = "".join(line for line in output.splitlines(keepends=True) if not line.startswith("step "))
