@@ -326,8 +326,9 @@ _last_read: dict[tuple, Splits] = {}
 
 def _keep(state: tuple | None, splits: Splits) -> Splits:
     if state is not None:
-        for name in ("train_images", "train_labels", "validation_images", "validation_labels", "test_images", "test_labels"):
-            getattr(splits, name).setflags(write=False)
+        for array in vars(splits).values():
+            if isinstance(array, np.ndarray):  # Kept for the next job of this process: nobody may change them.
+                array.setflags(write=False)
         _last_read.clear()
         _last_read[state] = splits
     return splits

@@ -28,6 +28,7 @@ def _prepare(kind: str, config: Config):
 
 def _finish(kind: str, config: Config, model, result, splits) -> None:
     """Log the scores and register the model, the float32 network with the best weights."""
+    tracking.wait_for_evaluations()  # A run with scores has every evaluation's metrics stored.
     mlflow.log_metrics(
         {
             "test_accuracy": result.test_accuracy,

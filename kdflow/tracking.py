@@ -21,6 +21,7 @@ import mlflow
 import numpy as np
 from mlflow.data.sources import LocalArtifactDatasetSource
 from mlflow.exceptions import MlflowException
+from mlflow.utils.async_logging.run_operations import RunOperations
 
 from kdflow import variants
 from kdflow.data import NUM_CLASSES, TRAIN_SIZE, read_npy_header
@@ -189,16 +190,37 @@ def _checked_logits(run_id: str, digest: str, shape: str) -> np.ndarray:
     return logits
 
 
+# The run id and the pending write of the last evaluation logged in this process, until it is stored.
+_in_flight: dict[str, RunOperations] = {}
+
+
 def log_evaluation(evaluation) -> None:
-    """Log one evaluation's metrics at its step (what a run prints of it is ``runs``' concern)."""
-    mlflow.log_metrics(
+    """Log one evaluation's metrics at its step (what a run prints of it is ``runs``' concern).
+
+    MLflow's logging thread stores them while training goes on, so the loop does not wait for the
+    store at every evaluation. The next evaluation first waits for the previous one's write, so a
+    store that refuses metrics still fails the run within one evaluation, as a direct write would.
+    """
+    wait_for_evaluations()
+    _in_flight[mlflow.active_run().info.run_id] = mlflow.log_metrics(
         {
             "train_loss": evaluation.train_loss,
             "validation_loss": evaluation.validation_loss,
             "validation_accuracy": evaluation.validation_accuracy,
         },
         step=evaluation.step,
+        synchronous=False,
     )
+
+
+def wait_for_evaluations() -> None:
+    """Wait until every evaluation the active run logged is stored; an MlflowException if one was refused."""
+    pending = _in_flight.pop(mlflow.active_run().info.run_id, None)
+    # Anything else is the last write of a run this process already ended (a trial stopped
+    # between evaluations), which ending it waited for: not this run's to raise.
+    _in_flight.clear()
+    if pending is not None:
+        pending.wait()
 
 
 def _has_its_results(kind: str, run) -> bool:
