@@ -9,19 +9,21 @@ calls ``set_tracking_uri``, which would break that hand-over.
 """
 
 import ast
+import concurrent.futures
 import functools
 import hashlib
 import json
 import os
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import mlflow
 import numpy as np
 from mlflow.data.sources import LocalArtifactDatasetSource
+from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
-from mlflow.utils.async_logging.run_operations import RunOperations
 
 from kdflow import variants
 from kdflow.data import NUM_CLASSES, TRAIN_SIZE, read_npy_header
@@ -190,37 +192,36 @@ def _checked_logits(run_id: str, digest: str, shape: str) -> np.ndarray:
     return logits
 
 
+# One thread writes each evaluation's metrics while training goes on. MLflow's own asynchronous
+# logging (synchronous=False) would too, but ending a run then waits up to a second for its logging
+# thread to notice, which cost more than the writes it saved.
+_metric_writer = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="kdflow-metrics")
 # The run id and the pending write of the last evaluation logged in this process, until it is stored.
-_in_flight: dict[str, RunOperations] = {}
+_in_flight: dict[str, concurrent.futures.Future] = {}
 
 
 def log_evaluation(evaluation) -> None:
     """Log one evaluation's metrics at its step (what a run prints of it is ``runs``' concern).
 
-    MLflow's logging thread stores them while training goes on, so the loop does not wait for the
-    store at every evaluation. The next evaluation first waits for the previous one's write, so a
-    store that refuses metrics still fails the run within one evaluation, as a direct write would.
+    The loop does not wait for the store at every evaluation: the write happens beside training.
+    The next evaluation first waits for the previous one's write, so a store that refuses metrics
+    still fails the run within one evaluation, as a direct write would.
     """
     wait_for_evaluations()
-    _in_flight[mlflow.active_run().info.run_id] = mlflow.log_metrics(
-        {
-            "train_loss": evaluation.train_loss,
-            "validation_loss": evaluation.validation_loss,
-            "validation_accuracy": evaluation.validation_accuracy,
-        },
-        step=evaluation.step,
-        synchronous=False,
-    )
+    run_id, now = mlflow.active_run().info.run_id, int(time.time() * 1000)
+    metrics = [Metric(name, getattr(evaluation, name), now, evaluation.step)
+               for name in ("train_loss", "validation_loss", "validation_accuracy")]
+    _in_flight[run_id] = _metric_writer.submit(mlflow.MlflowClient().log_batch, run_id, metrics=metrics)
 
 
 def wait_for_evaluations() -> None:
-    """Wait until every evaluation the active run logged is stored; an MlflowException if one was refused."""
+    """Wait until every evaluation the active run logged is stored; the store's error if one was refused."""
     pending = _in_flight.pop(mlflow.active_run().info.run_id, None)
-    # Anything else is the last write of a run this process already ended (a trial stopped
-    # between evaluations), which ending it waited for: not this run's to raise.
+    # Anything else is the last write of a run this process has ended (a trial stopped between
+    # evaluations): not this run's to raise.
     _in_flight.clear()
     if pending is not None:
-        pending.wait()
+        pending.result()
 
 
 def _has_its_results(kind: str, run) -> bool:
