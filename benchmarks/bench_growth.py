@@ -42,6 +42,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -104,13 +105,15 @@ def fill(experiment_id: str, start: int, stop: int, precision: str, with_version
 
 
 class CountingClient(mlflow.MlflowClient):
-    """The client, counting its searches and the runs they answer with."""
+    """The client, counting its searches and the runs they answer with (searches run in threads)."""
 
     searches = answered = 0
+    counting = threading.Lock()
 
     def search_runs(self, *args, **kwargs):
         page = super().search_runs(*args, **kwargs)
-        self.searches, self.answered = self.searches + 1, self.answered + len(page)
+        with self.counting:
+            self.searches, self.answered = self.searches + 1, self.answered + len(page)
         return page
 
 

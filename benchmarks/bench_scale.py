@@ -221,6 +221,17 @@ def call_kinds(calls: list) -> dict[str, int]:
     return kinds
 
 
+def call_spans(calls: list, since: float) -> dict[str, tuple[float, float]]:
+    """For each kind of call (as call_kinds names them), when its first and its last began, in
+    seconds after ``since``, in the order the kinds first appear: where a phase's time goes."""
+    spans = {}
+    for at, _, method, path in sorted(calls):
+        what = next(iter(call_kinds([(at, 0, method, path)])))
+        first, _ = spans.get(what, (at - since, 0))
+        spans[what] = (first, at - since)
+    return spans
+
+
 def percentile(values: list[float], fraction: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[round(fraction * 100) - 1] if len(values) > 1 else values[0]
 
@@ -434,6 +445,8 @@ def measure(arguments, arguments_grid, cluster, server, folder) -> dict:
     kinds = sorted(call_kinds(end_calls).items(), key=lambda kind: -kind[1])
     print(f"the driver's end: {len(end_calls)} tracking calls from {min(starts) - last_end:.1f} s to {max(starts) - last_end:.1f} s "
           "after the last trial's end: " + ", ".join(f"{n} {what}" for what, n in kinds))
+    print("  when, in seconds after the last trial's end (first to last call of each kind): " + ", ".join(
+        f"{what} {span[0]:.1f}-{span[1]:.1f}" for what, span in call_spans(end_calls, last_end).items()))
     print(f"per-trial overhead, warm workers: p50 {statistics.median(gaps):.2f} s, p95 {percentile(gaps, 0.95):.2f} s "
           f"(goal: p50 <= 2 s)")
     if cold_gaps:

@@ -118,23 +118,25 @@ def publish(kind: str, config: Config, tables: list[results.Table]) -> None:
     run = client.get_run(mlflow.active_run().info.run_id)
     versions = client.search_model_versions(f"run_id = '{run.info.run_id}'")
     if kind == "teacher":
-        description = "\n".join([f"# Teacher: {run.info.run_name}", "", *evaluation_lines(run)])
-        for version in versions:
-            client.update_model_version(version.name, version.version, description=description)
+        _describe(client, versions, "\n".join([f"# Teacher: {run.info.run_name}", "", *evaluation_lines(run)]))
         return
     teacher_run = client.get_run(run.data.tags[tracking.TEACHER_RUN_TAG]) if kind == "distill" else None
     _write(client, run, render(kind, config, run, tables, teacher_run), versions)
 
 
-def publish_again(students: list[tuple[str, Config, str]], tables: list[results.Table]) -> None:
+def publish_again(students: list[tuple[str, Config, str]], tables: list[results.Table], trial_runs: list) -> None:
     """Write the cards of these (kind, config, run id) students again, as a sweep does at its end
-    once every seed of their cells is in. The runs, their teachers and their versions are read in
-    a search each, so a card costs its two writes alone, and several cards are written at once."""
+    once every seed of their cells is in. ``trial_runs`` are the sweep's trial runs as they ended,
+    the students' among them (and the teachers trained beside them); the other teachers and the
+    versions are read in a search each, so a card costs its two writes alone, and several cards
+    are written at once."""
     client = mlflow.MlflowClient()
     experiment_id = mlflow.active_run().info.experiment_id
-    runs = {run.info.run_id: run for run in results.search_ids(client, experiment_id, [run_id for *_, run_id in students])}
+    by_id = {run.info.run_id: run for run in trial_runs}
+    runs = {run_id: by_id[run_id] for *_, run_id in students}
     teacher_ids = {run.data.tags[tracking.TEACHER_RUN_TAG] for run in runs.values() if tracking.TEACHER_RUN_TAG in run.data.tags}
-    teachers = {run.info.run_id: run for run in results.search_ids(client, experiment_id, teacher_ids)}
+    teachers = {run_id: by_id[run_id] for run_id in teacher_ids if run_id in by_id}  # trained in the same sweep
+    teachers |= {run.info.run_id: run for run in results.search_ids(client, experiment_id, teacher_ids - teachers.keys())}
     teachers |= {run_id: client.get_run(run_id) for run_id in teacher_ids - teachers.keys()}  # a teacher named by URI
     versions = {run_id: [] for run_id in runs}
     for filter_string in results.in_filters("run_id", runs):
@@ -161,5 +163,17 @@ def _write(client, run, card: str, versions: list) -> None:
         path = Path(folder) / ARTIFACT
         path.write_text(card, encoding="utf-8")
         get_artifact_repository(run.info.artifact_uri, mlflow.get_tracking_uri()).log_artifact(str(path))
+    _describe(client, versions, card)
+
+
+def _describe(client, versions: list, description: str) -> None:
+    """Make ``description`` that of these registered versions.
+
+    MlflowClient.update_model_version first reads the registered model, to refuse a prompt (MLflow 3),
+    and MLflow's SQL store reads a registered model with every one of its versions: a read that
+    grows with the versions, once per card. kdflow's registered models are never prompts, so the
+    description goes straight to the client's registry client, which writes it alone.
+    """
+    registry_client = client._get_registry_client()
     for version in versions:
-        client.update_model_version(version.name, version.version, description=card)
+        registry_client.update_model_version(version.name, version.version, description=description)

@@ -26,6 +26,7 @@ the experiment, and each cell is the one the whole experiment's table has.
 
 from __future__ import annotations
 
+import concurrent.futures
 import csv
 import dataclasses
 import json
@@ -44,6 +45,8 @@ from kdflow.tracking import CODE_VERSION_TAG, KIND_TAG, PARAMS_TAG, RUN_KEY_TAG,
 from kdflow.variants import DISTILLATION_ROW, STUDENT_ROW, TEACHER_ROW
 
 TEST_IMAGES = 10_000  # MNIST's and Fashion-MNIST's test split: errors = (100 - accuracy %) * 100
+# Narrow searches of a table's rows sent at once: each waits mostly on the tracking server.
+SEARCHERS = 4
 CSV_FIELDS = ["table", "row", "temperature", "mean", "std", "n", "errors", "reference", "run_ids"]
 # How each side of a distillation is built and trained, and what only a distillation has.
 TEACHER_SIDE = tuple(name for name in KIND_PARAMETERS["teacher"] if name not in NOT_NAMED)
@@ -155,8 +158,12 @@ def search_ids(client, experiment_id: str, run_ids) -> list:
 def runs_by_id(experiment_id: str, run_ids: list[str], client=None) -> list[RunRecord]:
     """The runs with these ids: the callers' own, counted whether finished and keyed or not,
     since a training run tabulates itself before it ends and writes its key."""
-    records = [_record(run) for run in search_ids(client or mlflow.MlflowClient(), experiment_id, run_ids)]
-    return [record for record in records if record]
+    return records_of(search_ids(client or mlflow.MlflowClient(), experiment_id, run_ids))
+
+
+def records_of(runs) -> list[RunRecord]:
+    """These MLflow runs as table records, leaving out those without a cell."""
+    return [record for record in map(_record, runs) if record]
 
 
 def _neighbour_queries(record: RunRecord) -> set[tuple[str, tuple]]:
@@ -195,13 +202,16 @@ def _filter_string(kind: str, parameters: tuple, version: str) -> str:
 def neighbours(experiment_id: str, anchors: list[RunRecord], client=None) -> list[RunRecord]:
     """The anchors and the runs of this code version their own tables need (``_neighbour_queries``),
     each found by a narrow search on the server: a few searches per distinct row, however many
-    other runs the experiment holds."""
+    other runs the experiment holds. The searches are sent several at once: a sweep's trials span
+    many rows, and each search waits mostly on the server."""
     client = client or mlflow.MlflowClient()
     version = code_version()
     found = {anchor.run_id: anchor for anchor in anchors}
-    queries = set().union(*(_neighbour_queries(anchor) for anchor in anchors if anchor.config is not None))
-    for kind, parameters in sorted(queries):
-        for run in _search(client, experiment_id, _filter_string(kind, parameters, version)):
+    queries = sorted(set().union(*(_neighbour_queries(anchor) for anchor in anchors if anchor.config is not None)))
+    with concurrent.futures.ThreadPoolExecutor(SEARCHERS) as pool:
+        answers = list(pool.map(lambda query: _search(client, experiment_id, _filter_string(*query, version)), queries))
+    for (kind, parameters), answer in zip(queries, answers):
+        for run in answer:
             record = _record(run)
             # The exact check: the search may have let through more than the parameters name.
             if record and record.config is not None and record.kind == kind and set(parameters) <= set(

@@ -281,20 +281,20 @@ def _tabulated(outcomes: list[TrialResult]) -> list[str]:
     return [outcome.run_id for outcome in outcomes if outcome.outcome in (Outcome.TRAINED, Outcome.REUSED)]
 
 
-def rewrite_cards(outcomes: list[TrialResult], tables: list[results.Table]) -> None:
+def rewrite_cards(outcomes: list[TrialResult], tables: list[results.Table], trial_runs: list) -> None:
     """Write each trained or reused student's card again. Each was written when its trial ended,
     before the seeds after it: now every seed of its cell is in, the card gives the spread the
     table shows."""
     cards.publish_again([(outcome.trial.kind, outcome.trial.config.resolved(), outcome.run_id) for outcome in outcomes
-                         if outcome.outcome in (Outcome.TRAINED, Outcome.REUSED) and outcome.trial.kind != "teacher"], tables)
+                         if outcome.outcome in (Outcome.TRAINED, Outcome.REUSED) and outcome.trial.kind != "teacher"],
+                        tables, trial_runs)
 
 
-def check_expected(experiment: Experiment, outcomes: list[TrialResult]) -> checks.Check:
+def check_expected(experiment: Experiment, trial_runs: list) -> checks.Check:
     """Compare the expected cells with the table of this sweep's own trials (other runs of the
     experiment, such as another seed run by hand, would move a cell); record and print the result."""
     version = tracking.code_version()
-    records = results.runs_by_id(mlflow.active_run().info.experiment_id, _tabulated(outcomes))
-    tables = results.build_tables([record for record in records if record.code_version == version])
+    tables = results.build_tables([record for record in results.records_of(trial_runs) if record.code_version == version])
     check = checks.check(experiment.expected, tables)
     mlflow.log_text(check.markdown(), "check.md")
     mlflow.set_tag(CHECK_TAG, check.tag())
@@ -316,8 +316,10 @@ def run_sweep(experiment: Experiment) -> list[TrialResult]:
         print(table.drop(columns=["error", "reason"]).to_string(index=False))
         markdown, tables = runs.log_results(_tabulated(outcomes))
         print(markdown)
-        rewrite_cards(outcomes, tables)
-        check = check_expected(experiment, outcomes)
+        # The trials' runs, read once for both the cards and the check.
+        trial_runs = results.search_ids(mlflow.MlflowClient(), mlflow.active_run().info.experiment_id, _tabulated(outcomes))
+        rewrite_cards(outcomes, tables, trial_runs)
+        check = check_expected(experiment, trial_runs)
         failed = [outcome.trial.name for outcome in outcomes if outcome.outcome is Outcome.FAILED]
         if failed:
             raise runs.PartlyFailed(
