@@ -212,23 +212,27 @@ def calls_between(folder: Path, started: float, ended: float) -> list[tuple[floa
     return calls
 
 
+def call_kind(method: str, path: str) -> str:
+    """A call's kind: its method and path, an artifact by its file name."""
+    return f"{method} {path.rsplit('/', 1)[-1] if 'mlflow-artifacts' in path else path.split('/mlflow/', 1)[-1]}"
+
+
 def call_kinds(calls: list) -> dict[str, int]:
-    """How many calls of each kind: method and path, an artifact by its file name."""
+    """How many calls of each kind."""
     kinds = {}
     for _, _, method, path in calls:
-        what = f"{method} {path.rsplit('/', 1)[-1] if 'mlflow-artifacts' in path else path.split('/mlflow/', 1)[-1]}"
+        what = call_kind(method, path)
         kinds[what] = kinds.get(what, 0) + 1
     return kinds
 
 
 def call_spans(calls: list, since: float) -> dict[str, tuple[float, float]]:
-    """For each kind of call (as call_kinds names them), when its first and its last began, in
-    seconds after ``since``, in the order the kinds first appear: where a phase's time goes."""
+    """For each kind of call, when its first and its last began, in seconds after ``since``, in
+    the order the kinds first appear: where a phase's time goes."""
     spans = {}
     for at, _, method, path in sorted(calls):
-        what = next(iter(call_kinds([(at, 0, method, path)])))
-        first, _ = spans.get(what, (at - since, 0))
-        spans[what] = (first, at - since)
+        what = call_kind(method, path)
+        spans[what] = (spans.get(what, (at - since,))[0], at - since)
     return spans
 
 
