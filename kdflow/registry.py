@@ -14,6 +14,7 @@ raising the same INVALID_PARAMETER_VALUE error (HTTP 400 behind ``mlflow models 
 """
 
 import contextlib
+import functools
 import io
 import re
 import tempfile
@@ -26,7 +27,8 @@ import numpy as np
 import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
-from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.protos.databricks_pb2 import (
+    INVALID_PARAMETER_VALUE, RESOURCE_ALREADY_EXISTS, RESOURCE_DOES_NOT_EXIST, ErrorCode)
 from mlflow.types import ColSpec, DataType, ParamSchema, ParamSpec, Schema
 
 from kdflow import tracking
@@ -193,16 +195,37 @@ def log_model(keras_model, kind: str, config: Config, example_images: np.ndarray
             # model so it loads where kdflow is not installed.
             code_paths=[str(Path(__file__).resolve().parent)],
         )
-    # Registered with its tags in one call rather than tagged after: every registry call that names
-    # the model also reads the registered model, which MLflow's SQL store does by loading all its
-    # versions, so each call costs more as the versions grow.
     tags = {VALIDATION_ACCURACY_TAG: str(validation_accuracy)}
     if kind != "teacher":
         tags[ALIAS_TAG] = champion_alias(kind, config)
-    version = mlflow.register_model(f"runs:/{model_info.run_id}/model", name, tags=tags).version
+    version = _register(name, model_info, tags)
     model_info.registered_model_version = version
     print(f"registered {name} version {version}", flush=True)
     return model_info
+
+
+def _register(name: str, model_info, tags: dict[str, str]) -> str:
+    """Register a logged model as a new version of ``name``, with its tags; the version.
+
+    One call, tags included, where ``mlflow.register_model`` makes four: it first tries to create
+    the registered model, and MLflow's SQL store answers that conflict, as it does every call that
+    reads the registered model, by loading all its versions, so the cost grew with the registry.
+    The registered model is created only when its first version finds it missing.
+    """
+    client = mlflow.MlflowClient()
+    register = functools.partial(client.create_model_version, name, model_info.model_uri, model_info.run_id,
+                                 tags=tags, model_id=model_info.model_id)
+    try:
+        return register().version
+    except MlflowException as error:
+        if error.error_code != ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+            raise
+    try:
+        client.create_registered_model(name)
+    except MlflowException as error:
+        if error.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):  # Else another run created it meanwhile.
+            raise
+    return register().version
 
 
 def evaluate(model_id: str, split: str, labels: np.ndarray, digits: np.ndarray):
@@ -252,6 +275,16 @@ def _best_version(client, name: str, alias: str) -> str | None:
     return next((version.version for version in versions if _is_complete(client, version.run_id)), None)
 
 
+def _alias_holder(client, name: str, alias: str) -> str | None:
+    """The version ``alias`` points at, or None when it points at none."""
+    try:
+        return client.get_model_version_by_alias(name, alias).version
+    except MlflowException as error:
+        if error.error_code != ErrorCode.Name(INVALID_PARAMETER_VALUE):  # MLflow's answer for an alias not set.
+            raise
+        return None
+
+
 def crown_champion(name: str, alias: str, attempts: int = 20) -> str | None:
     """Point ``alias`` at the best complete version of ``name`` competing for it; return that
     version. A version whose run did not complete never holds the alias: with none that did, the
@@ -264,12 +297,17 @@ def crown_champion(name: str, alias: str, attempts: int = 20) -> str | None:
     client = mlflow.MlflowClient()
     for _ in range(attempts):
         best = _best_version(client, name, alias)
+        if _alias_holder(client, name, alias) == best:
+            # Most runs do not beat the champion and write nothing. A writer that comes later
+            # checks after its own write, as below, so reading the alias is enough here.
+            return best
         try:
             if best is None:
-                if alias in client.get_registered_model(name).aliases:
-                    client.delete_registered_model_alias(name, alias)
+                client.delete_registered_model_alias(name, alias)
             else:
-                client.set_registered_model_alias(name, alias, best)
+                # Past MlflowClient's check that the name is no prompt, which reads the registered
+                # model with all its versions (MLflow's SQL store), a cost that grows with them.
+                client._get_registry_client().set_registered_model_alias(name, alias, best)
         except MlflowException:
             # MLflow creates a new alias by select-then-insert: two runs creating it at once
             # collide (a unique-constraint error), and the next attempt finds it and updates it.

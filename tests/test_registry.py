@@ -12,6 +12,7 @@ import time
 
 import mlflow
 import pytest
+from mlflow.tracking._model_registry.client import ModelRegistryClient
 
 from kdflow import registry, tracking
 from kdflow.config import DEFAULTS, Config
@@ -120,5 +121,18 @@ def test_choosing_a_champion_reads_only_the_versions_competing_for_its_alias(tmp
         return versions
 
     monkeypatch.setattr(mlflow.MlflowClient, "search_model_versions", counting_search)
+    writes = []
+    set_alias = ModelRegistryClient.set_registered_model_alias
+
+    def counting_write(self, *arguments):
+        writes.append(arguments)
+        return set_alias(self, *arguments)
+
+    monkeypatch.setattr(ModelRegistryClient, "set_registered_model_alias", counting_write)
     assert registry.crown_champion("kd-student", "champion") == own[1]
     assert answered and set(answered) == {3}, answered
+    # A run that does not beat the champion, the usual case, leaves the alias as it is, unwritten.
+    register("champion", 0.92)
+    assert registry.crown_champion("kd-student", "champion") == own[1]
+    assert writes == [("kd-student", "champion", own[1])]
+    assert client.get_model_version_by_alias("kd-student", "champion").version == own[1]
