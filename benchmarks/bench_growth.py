@@ -122,7 +122,7 @@ def table_cost(experiment_id: str, anchor_run_id: str) -> dict:
     spy = CountingClient()
     with tempfile.TemporaryDirectory(prefix="growth-table-") as folder:
         started = time.perf_counter()
-        results.regenerate(experiment_id, Path(folder) / "own", [anchor_run_id], client=spy)
+        results.regenerate(experiment_id, Path(folder) / "own", [spy.get_run(anchor_run_id)], client=spy)
         own_seconds = time.perf_counter() - started
         started = time.perf_counter()
         results.regenerate(experiment_id, Path(folder) / "report")

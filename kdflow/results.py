@@ -134,7 +134,7 @@ def collect_runs(experiment_id: str, client=None) -> list[RunRecord]:
 
     A run is complete once its run key is written, the last thing a job writes; every run that
     did not complete (failed, killed, still training) is left out. A training run's own table
-    reads ``neighbours`` instead, and a sweep's check ``runs_by_id``.
+    reads ``neighbours`` instead, and a sweep's check ``records_of`` its trials' runs.
     """
     client = client or mlflow.MlflowClient()
     runs = _search(client, experiment_id, "attributes.status = 'FINISHED'")
@@ -155,14 +155,10 @@ def search_ids(client, experiment_id: str, run_ids) -> list:
     return [run for filter_string in in_filters("attributes.run_id", run_ids) for run in _search(client, experiment_id, filter_string)]
 
 
-def runs_by_id(experiment_id: str, run_ids: list[str], client=None) -> list[RunRecord]:
-    """The runs with these ids: the callers' own, counted whether finished and keyed or not,
-    since a training run tabulates itself before it ends and writes its key."""
-    return records_of(search_ids(client or mlflow.MlflowClient(), experiment_id, run_ids))
-
-
 def records_of(runs) -> list[RunRecord]:
-    """These MLflow runs as table records, leaving out those without a cell."""
+    """These MLflow runs as table records, leaving out those without a cell. Counted whether
+    finished and keyed or not: they are the callers' own, and a training run tabulates itself
+    before it ends and writes its key."""
     return [record for record in map(_record, runs) if record]
 
 
@@ -406,19 +402,20 @@ def write_results(tables: list[Table], out_dir: Path, markdown: str | None = Non
     return paths
 
 
-def regenerate(experiment_id: str, out_dir: Path, anchor_run_ids: list[str] | None = None,
+def regenerate(experiment_id: str, out_dir: Path, anchor_runs: list | None = None,
                client=None) -> tuple[str, list[Table]]:
     """Build the tables of this code version and write the four files; return the Markdown and the
-    tables. By default every table of the experiment (the report's); with ``anchor_run_ids``, the
-    tables those runs are in (a run's own, a sweep's trials'), read without the rest of the
-    experiment, so that their cost does not grow with it."""
+    tables. By default every table of the experiment (the report's); with ``anchor_runs`` (MLflow
+    runs, as read by the caller, which a sweep also needs), the tables those runs are in (a run's
+    own, a sweep's trials'), read without the rest of the experiment, so that their cost does not
+    grow with it."""
     version = code_version()
-    if anchor_run_ids is None:
+    if anchor_runs is None:
         records = collect_runs(experiment_id, client)
         tables = build_tables([record for record in records if record.code_version == version])
         markdown = render_markdown(tables, version, sum(record.code_version != version for record in records))
     else:
-        anchors = [record for record in runs_by_id(experiment_id, anchor_run_ids, client) if record.code_version == version]
+        anchors = [record for record in records_of(anchor_runs) if record.code_version == version]
         tables = tables_of(anchors, neighbours(experiment_id, anchors, client))
         markdown = render_markdown(tables, version)
     write_results(tables, out_dir, markdown)

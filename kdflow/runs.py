@@ -181,12 +181,12 @@ def _link_teacher() -> None:
     )
 
 
-def log_results(anchor_run_ids: list[str] | None) -> tuple[str, list[results.Table]]:
-    """Regenerate the results tables of these runs (None: of the whole experiment) as the active
-    run's artifacts; return the Markdown and the tables."""
+def log_results(anchor_runs: list | None) -> tuple[str, list[results.Table]]:
+    """Regenerate the results tables of these MLflow runs (None: of the whole experiment) as the
+    active run's artifacts; return the Markdown and the tables."""
     run = mlflow.active_run()
     with tempfile.TemporaryDirectory() as folder:
-        markdown, tables = results.regenerate(run.info.experiment_id, Path(folder), anchor_run_ids)
+        markdown, tables = results.regenerate(run.info.experiment_id, Path(folder), anchor_runs)
         mlflow.log_artifacts(folder)
     return markdown, tables
 
@@ -238,7 +238,7 @@ def run_job(kind: str, config: Config, on_evaluation=None) -> None:
         JOBS[kind](config, on_evaluation or Progress(config.num_steps))
     if kind == "distill":
         _link_teacher()
-    markdown, tables = log_results([mlflow.active_run().info.run_id])
+    markdown, tables = log_results([mlflow.MlflowClient().get_run(mlflow.active_run().info.run_id)])
     if on_evaluation is None:
         print(markdown)
     cards.publish(kind, config, tables)

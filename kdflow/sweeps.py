@@ -314,10 +314,10 @@ def run_sweep(experiment: Experiment) -> list[TrialResult]:
         table = pd.DataFrame([outcome.row() for outcome in outcomes])
         mlflow.log_text(table.to_csv(index=False), "trials.csv")
         print(table.drop(columns=["error", "reason"]).to_string(index=False))
-        markdown, tables = runs.log_results(_tabulated(outcomes))
-        print(markdown)
-        # The trials' runs, read once for both the cards and the check.
+        # The trials' runs, read once for the table, the cards and the check.
         trial_runs = results.search_ids(mlflow.MlflowClient(), mlflow.active_run().info.experiment_id, _tabulated(outcomes))
+        markdown, tables = runs.log_results(trial_runs)
+        print(markdown)
         rewrite_cards(outcomes, tables, trial_runs)
         check = check_expected(experiment, trial_runs)
         failed = [outcome.trial.name for outcome in outcomes if outcome.outcome is Outcome.FAILED]

@@ -27,9 +27,10 @@ def test_a_runs_own_table_reads_the_same_runs_as_its_experiment_grows(tmp_path, 
         bench_growth.fill(experiment, filled, size, Config().precision, with_version=False)
         filled = size
         figures[size] = bench_growth.table_cost(experiment, row[0])
-    assert figures[50]["table_searches"] == figures[500]["table_searches"] == 4  # the anchor, teachers, students, its row
-    assert figures[50]["table_runs"] == figures[500]["table_runs"] == len(row) + 1  # its row, and itself by id
-    anchors = results.runs_by_id(experiment, [row[0]])
+    # The run itself is read by the caller, then one search each for teachers, students and its row.
+    assert figures[50]["table_searches"] == figures[500]["table_searches"] == 3
+    assert figures[50]["table_runs"] == figures[500]["table_runs"] == len(row)  # its row, itself included
+    anchors = results.records_of([client.get_run(row[0])])
     (table,) = results.tables_of(anchors, results.neighbours(experiment, anchors))
     assert table.rows == ("Distillation",) and table.cell("Distillation", 5.0).n == 2
     # The whole experiment's table, the report's, reads every run: it did grow.

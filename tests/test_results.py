@@ -146,9 +146,14 @@ def store(tmp_path_factory):
         yield client, experiment, ids
 
 
+def records_by_id(experiment, run_ids):
+    """The table records of the experiment's runs with these ids, as a sweep reads its trials'."""
+    return results.records_of(results.search_ids(mlflow.MlflowClient(), experiment, run_ids))
+
+
 def whole_experiment_with(experiment, run_id):
     """The records of the whole experiment's tables with one more run, still running, in them."""
-    records = {record.run_id: record for record in results.collect_runs(experiment) + results.runs_by_id(experiment, [run_id])}
+    records = {record.run_id: record for record in results.collect_runs(experiment) + records_by_id(experiment, [run_id])}
     return [record for record in records.values() if record.code_version == tracking.code_version()]
 
 
@@ -164,7 +169,7 @@ def test_collect_counts_finished_complete_runs_and_by_id_the_calling_run(store):
     counted = {run_id for cell, run_ids in ids.items() if cell != "ignored" for run_id in run_ids}
     assert {record.run_id for record in results.collect_runs(experiment)} == counted - set(ids["calling"])
     # A run tabulating itself is found by its id, running and unkeyed as it is.
-    (calling,) = results.runs_by_id(experiment, ids["calling"])
+    (calling,) = records_by_id(experiment, ids["calling"])
     assert (calling.run_id, calling.accuracy) == (ids["calling"][0], 0.92)
 
 
@@ -304,7 +309,7 @@ def test_regenerate_from_inside_the_calling_run(store, tmp_path):
         mlflow.set_tags({"kdflow.kind": "distill", "kdflow.params": canonical_params("distill", 5, 1, ""),
                          "kdflow.code_version": tracking.code_version()})
         mlflow.log_metric("test_accuracy", 0.92)
-        markdown, tables = results.regenerate(experiment, tmp_path, [run.info.run_id])
+        markdown, tables = results.regenerate(experiment, tmp_path, [client.get_run(run.info.run_id)])
         assert run.info.run_id in tables[0].cell("Distillation", 5.0).run_ids
         assert "| Distillation | 91.00 ± 1.41 (2) | 89.14 | 90.77 |" in markdown
         # A run's own tables are read without the rest of the experiment, so they count no other version.
@@ -342,7 +347,7 @@ def _same_cells(own_tables, whole_tables):
 def test_a_runs_own_tables_have_the_whole_experiments_cells_and_read_only_their_runs(store, tables):
     client, experiment, ids = store
     counted = [run_id for cell, run_ids in ids.items() if cell != "ignored" for run_id in run_ids]
-    anchors = results.runs_by_id(experiment, counted)
+    anchors = records_by_id(experiment, counted)
     assert {anchor.run_id for anchor in anchors} == set(counted)
     anchors = [anchor for anchor in anchors if anchor.code_version == tracking.code_version()]  # As regenerate does.
     # All the runs at once, as a sweep of them all would: exactly the whole experiment's tables.
