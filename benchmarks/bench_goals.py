@@ -60,10 +60,12 @@ def rows(figures: dict) -> list[tuple[str, str, str, bool]]:
          asha["saved"] >= 0.3),
         ("ASHA's best distillation", "the same", "the same" if asha["same_best"] else "another", asha["same_best"]),
         ("ASHA's workers (2 slots)", "warm through stops: 2", str(asha["workers"]), asha["workers"] <= os.cpu_count()),
-        ("a reproduction teacher's time outside training, evaluation and logits", "median <= 3 s",
-         f"{reproduction['teacher_outside_median_s']:.1f} s", reproduction["teacher_outside_median_s"] <= 3),
+        ("a reproduction teacher's time outside training, evaluation (MLflow's too) and logits", "median <= 3 s",
+         f"{reproduction['teacher_outside_median_s']:.1f} s ({reproduction['teacher_outside_median_with_evaluation_s']:.1f} s "
+         "with MLflow's evaluation outside)", reproduction["teacher_outside_median_s"] <= 3),
         ("tracking + orchestration in the reproduction", "<= 4% of slot time",
-         f"{100 * reproduction['overhead_share']:.1f}%", reproduction["overhead_share"] <= 0.04),
+         f"{100 * reproduction['overhead_share']:.1f}% ({100 * reproduction['overhead_share_with_evaluation']:.1f}% "
+         "with MLflow's evaluation as tracking)", reproduction["overhead_share"] <= 0.04),
         ("bench_sweep: two slots against one", ">= 1.6x", f"{speed_up:.2f}x", speed_up >= 1.6),
     ]
 
