@@ -207,10 +207,11 @@ def log_model(keras_model, kind: str, config: Config, example_images: np.ndarray
 def _register(name: str, model_info, tags: dict[str, str]) -> str:
     """Register a logged model as a new version of ``name``, with its tags; the version.
 
-    One call, tags included, where ``mlflow.register_model`` makes four: it first tries to create
-    the registered model, and MLflow's SQL store answers that conflict, as it does every call that
-    reads the registered model, by loading all its versions, so the cost grew with the registry.
-    The registered model is created only when its first version finds it missing.
+    One call, tags included. ``mlflow.register_model`` first tries to create the registered model,
+    which MLflow's SQL store refuses by loading the existing one with all its versions (a cost that
+    grew with the registry), then lists the run's artifacts and searches its logged models for the
+    model its ``runs:/`` URI names. Here the registered model is created only when its first
+    version finds it missing.
     """
     client = mlflow.MlflowClient()
     register = functools.partial(client.create_model_version, name, model_info.model_uri, model_info.run_id,
