@@ -11,11 +11,13 @@ against this sweep's table (``check.md``). How the trials run on Ray Tune, and i
 ``kdflow.trials``'.
 """
 
+import contextlib
 import dataclasses
 import json
 import math
 import os
 import socket
+import threading
 import time
 import urllib.parse
 from pathlib import Path
@@ -207,8 +209,9 @@ def finished_trials(planned: list[Trial], experiment_id: str) -> list[tuple[Tria
     return found
 
 
-def run_trials(experiment: Experiment) -> list[TrialResult]:
-    """Run the sweep's trials inside the active (parent) run; return each trial's outcome."""
+def run_trials(experiment: Experiment, sweep_end: contextlib.ExitStack) -> list[TrialResult]:
+    """Run the sweep's trials inside the active (parent) run; return each trial's outcome.
+    ``sweep_end`` is left before the parent run ends: Ray stops while the sweep's end is written."""
     sweep = experiment.sweep
     parent = mlflow.active_run().info
     if precision.sees_gpu_drivers():
@@ -241,9 +244,13 @@ def run_trials(experiment: Experiment) -> list[TrialResult]:
     try:
         trained = trials.tune_trials(to_train, shared, resources, slots(sweep, nodes), sweep.scheduler, f"sweep-{parent.run_id}")
     finally:
-        # Done with Ray: a Ray of the sweep's own stops now, freeing its workers' memory and cores
-        # for the sweep's end, and without the half-second pause of Ray's own exit hook.
-        ray.shutdown()
+        # Done with Ray. A Ray of the sweep's own stops now, freeing its workers' memory, and
+        # without the half-second pause of Ray's own exit hook. Stopping is mostly waiting for its
+        # processes to exit (1.3 s), so it runs in a thread of its own while the sweep's end is
+        # written; the sweep's run ends once it is done.
+        stopping = threading.Thread(target=ray.shutdown, name="kdflow-ray-shutdown")
+        stopping.start()
+        sweep_end.callback(stopping.join)
     # Runs still RUNNING now were left so by a worker that died on its last attempt, or (stopped
     # early) by one that Ray Tune ended before the trial reached its next evaluation.
     stopped = {outcome.run_id for outcome in trained if outcome.outcome is Outcome.STOPPED}
@@ -308,9 +315,9 @@ def run_sweep(experiment: Experiment) -> list[TrialResult]:
     Raises ``runs.PartlyFailed``, after logging everything, when some trial failed for good, or
     with ``check=strict`` when an expected cell is outside its tolerance or missing.
     """
-    with runs.tracked_run("sweep"):
+    with runs.tracked_run("sweep"), contextlib.ExitStack() as sweep_end:
         describe_sweep(experiment)
-        outcomes = run_trials(experiment)
+        outcomes = run_trials(experiment, sweep_end)
         table = pd.DataFrame([outcome.row() for outcome in outcomes])
         mlflow.log_text(table.to_csv(index=False), "trials.csv")
         print(table.drop(columns=["error", "reason"]).to_string(index=False))
