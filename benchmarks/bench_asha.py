@@ -1,6 +1,6 @@
 """What ASHA saves on experiments/asha-grid.yaml's distillations, against the same grid run to the end.
 
-Command (about 7 minutes on 2 cores, no GPU), from the project root in the README's environment:
+Command (about 5 to 9 minutes on 2 cores, no GPU), from the project root in the README's environment:
 
     python benchmarks/bench_asha.py
 
@@ -10,7 +10,8 @@ a new SQLite store, which is then copied twice. The file's sweep runs in each co
 times differ only in what a scheduler decides, the distillations. It prints each sweep's wall time, the distillation
 steps trained (from each run's metric history), the distillations stopped, the worker processes
 that ran them (as many as slots when stopped trials keep their workers warm), and the best
-distillation each found by validation accuracy (the scheduler's metric), with its test accuracy.
+distillations each found best by validation accuracy (the scheduler's metric; several can tie),
+with their test accuracy.
 Goals: ASHA at least 30% less wall time than the grid run to the end, the same best distillation,
 and no more workers than slots.
 """
@@ -53,11 +54,14 @@ def measure(folder: Path, experiment: Path) -> dict:
     steps = sum(max(point.step for point in client.get_metric_history(run.info.run_id, "validation_accuracy"))
                 for run in trials)
     finished = [run for run in trials if run.info.status == "FINISHED"]
-    best = max(finished, key=lambda run: run.data.metrics["best_validation_accuracy"])
+    # The best distillation by the scheduler's metric; with 5,000 validation images several reach
+    # the same accuracy (a tie is 1 image in 5,000), and each of them is a best one.
+    validation = max(run.data.metrics["best_validation_accuracy"] for run in finished)
+    best = {run.info.run_name: 100 * run.data.metrics["test_accuracy"] for run in finished
+            if run.data.metrics["best_validation_accuracy"] == validation}
     return {"wall": wall, "steps": steps, "stopped": len(trials) - len(finished), "trials": len(trials),
-            "workers": len({run.data.tags["kdflow.worker_pid"] for run in trials}), "best": best.info.run_name,
-            "validation": 100 * best.data.metrics["best_validation_accuracy"],
-            "test": 100 * best.data.metrics["test_accuracy"]}
+            "workers": len({run.data.tags["kdflow.worker_pid"] for run in trials}), "best": best,
+            "validation": 100 * validation}
 
 
 def main() -> dict:
@@ -80,16 +84,20 @@ def main() -> dict:
             measured[name] = measure(folder, experiment)
     print(f"the teacher, trained once beforehand: {teacher_seconds:.0f} s; each sweep below reuses it")
     for name, figures in measured.items():
+        best = ", ".join(f"{run} (test {test:.2f})" for run, test in sorted(figures["best"].items()))
         print(f"  {name:15s} {figures['wall']:6.1f} s, {figures['steps']:6d} distillation steps, "
-              f"{figures['stopped']:2d} of {figures['trials']} stopped, {figures['workers']} workers; best "
-              f"{figures['best']}: validation {figures['validation']:.2f}, test {figures['test']:.2f}")
+              f"{figures['stopped']:2d} of {figures['trials']} stopped, {figures['workers']} workers; best validation "
+              f"{figures['validation']:.2f}: {best}")
     full, asha = measured["to the end"], measured["scheduler=asha"]
     saved = 1 - asha["wall"] / full["wall"]
+    # The same best: ASHA's best validation accuracy is the grid's, reached by distillations that
+    # are among the grid's best when every trial runs to the end.
+    same_best = asha["validation"] == full["validation"] and asha["best"].keys() <= full["best"].keys()
     print(f"  ASHA: {100 * (1 - asha['steps'] / full['steps']):.0f}% fewer distillation steps, "
           f"{100 * saved:.0f}% less wall time (goal >= 30%); the same best distillation: "
-          f"{'yes' if asha['best'] == full['best'] else 'no'}; workers {asha['workers']} for {SLOTS} slots "
+          f"{'yes' if same_best else 'no'}; workers {asha['workers']} for {SLOTS} slots "
           f"(goal: warm through stops, no more than the slots)")
-    return {"saved": saved, "same_best": asha["best"] == full["best"], "workers": asha["workers"]}
+    return {"saved": saved, "same_best": same_best, "workers": asha["workers"]}
 
 
 if __name__ == "__main__":

@@ -84,7 +84,7 @@ def test_the_asha_grid_shares_a_weighted_loss_and_sweeps_its_weight():
     experiment = experiments.load("experiments/asha-grid.yaml", {})
     assert experiment.sweep.kinds == ("teacher", "distill") and experiment.sweep.scheduler == "asha"
     assert experiment.params["loss"] == "weighted"
-    assert {config.hard_label_weight for config in experiment.configs()} == {0.1, 0.5, 0.9}
+    assert {config.hard_label_weight for config in experiment.configs()} == {0.1, 0.3, 0.5, 0.7, 0.9}
 
 
 def test_precision_cells_select_their_table_by_canonical_text():
