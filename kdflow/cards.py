@@ -14,7 +14,7 @@ from pathlib import Path
 import mlflow
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
-from kdflow import results, tracking, variants
+from kdflow import registry, results, tracking, variants
 from kdflow.config import DEFAULTS, Config
 
 ARTIFACT = "model_card.md"
@@ -167,13 +167,7 @@ def _write(client, run, card: str, versions: list) -> None:
 
 
 def _describe(client, versions: list, description: str) -> None:
-    """Make ``description`` that of these registered versions.
-
-    MlflowClient.update_model_version first reads the registered model, to refuse a prompt (MLflow 3),
-    and MLflow's SQL store reads a registered model with every one of its versions: a read that
-    grows with the versions, once per card. kdflow's registered models are never prompts, so the
-    description goes straight to the client's registry client, which writes it alone.
-    """
-    registry_client = client._get_registry_client()
+    """Make ``description`` that of these registered versions, each in one write."""
+    registry_client = registry.without_prompt_check(client)
     for version in versions:
         registry_client.update_model_version(version.name, version.version, description=description)

@@ -286,6 +286,14 @@ def _alias_holder(client, name: str, alias: str) -> str | None:
         return None
 
 
+def without_prompt_check(client: mlflow.MlflowClient):
+    """The registry client behind ``client``, whose writes skip MlflowClient's check that a
+    registered model is no prompt (MLflow 3). MLflow's SQL store makes that check by reading the
+    registered model with every one of its versions, a read that grows with them, once per write;
+    kdflow's registered models are never prompts. The one use of this private MLflow API."""
+    return client._get_registry_client()
+
+
 def crown_champion(name: str, alias: str, attempts: int = 20) -> str | None:
     """Point ``alias`` at the best complete version of ``name`` competing for it; return that
     version. A version whose run did not complete never holds the alias: with none that did, the
@@ -306,9 +314,7 @@ def crown_champion(name: str, alias: str, attempts: int = 20) -> str | None:
             if best is None:
                 client.delete_registered_model_alias(name, alias)
             else:
-                # Past MlflowClient's check that the name is no prompt, which reads the registered
-                # model with all its versions (MLflow's SQL store), a cost that grows with them.
-                client._get_registry_client().set_registered_model_alias(name, alias, best)
+                without_prompt_check(client).set_registered_model_alias(name, alias, best)
         except MlflowException:
             # MLflow creates a new alias by select-then-insert: two runs creating it at once
             # collide (a unique-constraint error), and the next attempt finds it and updates it.
