@@ -1,6 +1,6 @@
 """The cost goals side by side, from one run: each benchmark in turn, then a table of goal and figure.
 
-Command (about an hour on 2 cores, no GPU), from the project root in the README's environment
+Command (30 to 70 minutes on 2 cores, no GPU), from the project root in the README's environment
 with Debian's PostgreSQL server installed (`apt-get install postgresql`), as bench_growth and
 bench_scale need:
 
