@@ -43,14 +43,16 @@ def rows(figures: dict) -> list[tuple[str, str, str, bool]]:
     """(goal, its target, the figure measured, met) per goal of this run."""
     growth = figures["bench_growth"]
     smallest, largest = growth[min(growth)], growth[max(growth)]
-    outside_x, calls_x = largest["outside_s"] / smallest["outside_s"], largest["calls"] / smallest["calls"]
+    # Time against the smallest size measured beside the largest (bench_growth's baseline); counts directly.
+    outside_x, calls_x = largest["outside_s"] / largest["baseline_outside_s"], largest["calls"] / smallest["calls"]
     scale = figures["bench_scale"]
     first_node, last_node = (float(seconds) for seconds in scale["node_starts_s"].split("-"))
     asha, reproduction = figures["bench_asha"], figures["bench_reproduction"]
     speed_up = figures["bench_sweep"]["speed_up"]
     return [
         ("a distillation's time outside training, 100 -> 10,000 runs in its experiment", "<= 1.2x",
-         f"{outside_x:.2f}x ({smallest['outside_s']:.1f} -> {largest['outside_s']:.1f} s)", outside_x <= 1.2),
+         f"{outside_x:.2f}x ({largest['baseline_outside_s']:.1f} s at {min(growth):,} runs beside "
+         f"{largest['outside_s']:.1f} s at {max(growth):,})", outside_x <= 1.2),
         ("its tracking calls, 100 -> 10,000 runs", "<= 1.2x",
          f"{calls_x:.2f}x ({smallest['calls']:.0f} -> {largest['calls']:.0f})", calls_x <= 1.2),
         ("a sweep's end at 200 trials (8 nodes)", "<= 10 s", f"{scale['end_s']} s", float(scale["end_s"]) <= 10),

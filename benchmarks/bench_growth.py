@@ -13,7 +13,12 @@ same table (loss=weighted at a thousand loss weights, five temperatures, two see
 its parameters, tags, metrics and a registered student version. At each size the same short
 distillation (kdtf's row, T=5, its teacher trained once at the start and reused) runs `repeats`
 times as the `distill` entry point's process, each run deleted after it is measured so that the
-next one trains again. The figures per size are medians over the repeats:
+next one trains again. Beside it, a baseline experiment holds the smallest size throughout: at
+each size its own run is measured after each of the growing experiment's, so that both meet the
+machine's speed of the moment (on the shared machine it drifted 13% within ten minutes on
+2026-12-06, more than the growth measured) and the server's state. The registry is shared, so the
+baseline's runs meet its growth too; the calls whose seconds grew most (below) show it. The
+figures per size are medians over the repeats:
 
 - ``outside_s``: the process's wall time less its training, evaluation and MLflow evaluation
   (the ``train_seconds``, ``evaluation_seconds`` and ``model_evaluation_seconds`` metrics): start-up,
@@ -21,14 +26,15 @@ next one trains again. The figures per size are medians over the repeats:
 - ``calls``: its HTTP calls to the tracking server (benchmarks/call_timer), and among them
   ``run_searches`` and ``version_searches``; ``calls_s``, their seconds (client-side), and at the
   end the five calls whose seconds grew most from the smallest size to the largest;
+- ``baseline_outside_s``: the same distillation's ``outside_s`` in the baseline experiment,
+  measured beside it;
 - ``table_s`` and ``table_runs``: regenerating the run's own results table in this process
   (``results.regenerate`` with the run as anchor), and the runs its searches answered with;
   ``report_s``, the whole experiment's table (the ``report`` entry point's) for comparison.
 
-The last line gives the growth from the smallest size to the largest, as measured on 2026-12-03
-(docs/performance.md):
-
-    growth: sizes=100,10000 outside_x=1.84 calls_x=1.01 table_x=1.58 table_runs=3,3
+The last line gives the growth from the smallest size to the largest: ``outside_x`` is the largest
+size's ``outside_s`` against the baseline's measured beside it; ``calls_x`` and ``table_x``
+compare the sizes directly (counts do not drift, and the table's seconds are read in this process).
 
 Goal: ``outside_x`` and ``calls_x`` at most 1.2 from 100 to 10,000 runs. tests/test_growth.py runs
 a reduced version on a SQLite file, with nothing trained.
@@ -56,7 +62,7 @@ from benchmarks.bench_scale import cpu_description, postgres_tracking_server  # 
 from kdflow import liveness, quiet, registry, results, tracking  # noqa: E402
 from kdflow.config import Config  # noqa: E402
 
-EXPERIMENT = "growth"
+EXPERIMENT, BASELINE = "growth", "growth-baseline"
 STEPS, EVAL_EVERY = 40, 20
 MEASURED = ["--num_steps", str(STEPS), "--eval_every", str(EVAL_EVERY), "--temperature", "5", "--seed", "12"]
 # The filling runs: rows of their own (a loss weight each), at these temperatures and seeds.
@@ -130,8 +136,9 @@ def table_cost(experiment_id: str, anchor_run_id: str) -> dict:
     return {"table_s": own_seconds, "table_searches": spy.searches, "table_runs": spy.answered, "report_s": report_seconds}
 
 
-def measure_run(experiment_id: str, calls: Path, environment: dict) -> dict:
-    """One distillation as the entry point's process; its costs besides training, then it is deleted."""
+def measure_run(experiment_id: str, calls: Path, environment: dict, tables: bool = True) -> dict:
+    """One distillation as the entry point's process in the experiment that ``environment`` names;
+    its costs besides training (with ``tables``, also ``table_cost``), then it is deleted."""
     started = time.perf_counter()
     process = subprocess.run([sys.executable, str(ROOT / "entrypoints" / "distill.py"), *MEASURED], env=environment,
                              capture_output=True, text=True)
@@ -151,7 +158,8 @@ def measure_run(experiment_id: str, calls: Path, environment: dict) -> dict:
     figures = {"wall_s": wall, "outside_s": wall - inside, "calls": sum(paths.values()),
                "calls_s": sum(seconds_by_path.values()), "run_searches": paths["/api/2.0/mlflow/runs/search"],
                "version_searches": paths["/api/2.0/mlflow/model-versions/search"], "seconds_by_path": seconds_by_path}
-    figures |= table_cost(experiment_id, run.info.run_id)
+    if tables:
+        figures |= table_cost(experiment_id, run.info.run_id)
     client.delete_run(run.info.run_id)  # So that the next repeat trains again, and is the row's one run.
     return figures
 
@@ -183,20 +191,28 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def measure(sizes: list[int], repeats: int, folder: Path) -> dict:
-    experiment_id = mlflow.MlflowClient().create_experiment(EXPERIMENT)
+    client = mlflow.MlflowClient()
+    experiment_id, baseline_id = client.create_experiment(EXPERIMENT), client.create_experiment(BASELINE)
     # The teacher is an `mlflow run` of the project, started with the `python` on PATH: this one.
-    environment = os.environ | {"PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
-                                "MLFLOW_EXPERIMENT_NAME": EXPERIMENT}
-    # The measured runs' teacher, trained once; the first distillation also warms every cache.
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    environment, baseline = ({**os.environ, "PATH": path, "MLFLOW_EXPERIMENT_NAME": name} for name in (EXPERIMENT, BASELINE))
+    # Each experiment's teacher, trained once; the first distillations also warm every cache.
     measure_run(experiment_id, folder / "calls", environment)
+    measure_run(baseline_id, folder / "calls", baseline, tables=False)
     quiet.import_tensorflow()  # Resolving "auto" precision asks TensorFlow; its start-up lines held back.
     precision = Config().resolved().precision
+    # The baseline's runs are the filling's own first ones, as the growing experiment's are.
+    fill(baseline_id, 0, sizes[0], precision, with_version=True)
     report, filled = {}, 0
     for size in sizes:
         fill_seconds = fill(experiment_id, filled, size, precision, with_version=True)
         print(f"filled {size - filled} runs in {fill_seconds:.0f} s", flush=True)
         filled = size
-        report[size] = median_figures([measure_run(experiment_id, folder / "calls", environment) for _ in range(repeats)])
+        measured, beside = [], []
+        for _ in range(repeats):
+            measured.append(measure_run(experiment_id, folder / "calls", environment))
+            beside.append(measure_run(baseline_id, folder / "calls", baseline, tables=False)["outside_s"])
+        report[size] = median_figures(measured) | {"baseline_outside_s": statistics.median(beside)}
         print(f"runs={size} " + " ".join(f"{name}={value:.2f}" if isinstance(value, float) else f"{name}={value}"
                                           for name, value in report[size].items() if name != "seconds_by_path"), flush=True)
     smallest, largest = report[sizes[0]], report[sizes[-1]]
@@ -206,7 +222,7 @@ def measure(sizes: list[int], repeats: int, folder: Path) -> dict:
     for path in sorted(growth, key=growth.get, reverse=True)[:5]:
         print(f"  {path}: {smallest['seconds_by_path'].get(path, 0.0):.2f} -> {largest['seconds_by_path'].get(path, 0.0):.2f} s",
               flush=True)
-    print(f"growth: sizes={sizes[0]},{sizes[-1]} outside_x={largest['outside_s'] / smallest['outside_s']:.2f} "
+    print(f"growth: sizes={sizes[0]},{sizes[-1]} outside_x={largest['outside_s'] / largest['baseline_outside_s']:.2f} "
           f"calls_x={largest['calls'] / smallest['calls']:.2f} table_x={largest['table_s'] / smallest['table_s']:.2f} "
           f"table_runs={smallest['table_runs']},{largest['table_runs']}", flush=True)
     return report
