@@ -7,7 +7,9 @@ answer, 130 interrupted. Under ``mlflow run`` any failure of the job is ``mlflow
 """
 
 import argparse
+import atexit
 import contextlib
+import gc
 import json
 import os
 import signal
@@ -44,6 +46,13 @@ def exit_status(name: str, body, uses_store: bool = True) -> int:
     together on one SQLite file do not fail.
     """
     quiet.silence_libraries()
+    # At exit the interpreter's last garbage collections walk every object TensorFlow, MLflow and
+    # Ray made: after the work was done, 0.8 s in a sweep's driver and 1.8-2.1 s in a teacher's job,
+    # measured on two cores, against 0.1-0.2 s with them frozen. Nothing left then needs a
+    # collector (runs are ended and files closed by then; the memory goes back with the process),
+    # so the objects are frozen out of those collections. Registered once, however often this runs.
+    atexit.unregister(gc.freeze)
+    atexit.register(gc.freeze)
     # `kill` and Ray stop workers with SIGTERM; treat it like Ctrl-C so the run ends KILLED.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     if "MLFLOW_RUN_ID" in os.environ:
