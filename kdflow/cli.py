@@ -47,7 +47,7 @@ def exit_status(name: str, body, uses_store: bool = True) -> int:
     """
     quiet.silence_libraries()
     # At exit the interpreter's last garbage collections walk every object TensorFlow, MLflow and
-    # Ray made: after the work was done, 0.8 s in a sweep's driver and 1.8-2.1 s in a teacher's job,
+    # Ray made: after the work was done, 0.8-1.2 s in a sweep's driver and 1.8-2.1 s in a teacher's job,
     # measured on two cores, against 0.1-0.2 s with them frozen. Nothing left then needs a
     # collector (runs are ended and files closed by then; the memory goes back with the process),
     # so the objects are frozen out of those collections. Registered once, however often this runs.
