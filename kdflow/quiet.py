@@ -9,6 +9,9 @@ about pickled models), are held back too; kdflow says what matters in its own li
 
 ``KDFLOW_VERBOSE=1`` in the environment brings all of it back. The teacher runs and the Ray
 workers a run starts inherit the environment, so one setting covers a whole sweep.
+
+The same import, verbose or not, keeps Python's garbage collector out of TensorFlow's start-up,
+where collections took over a quarter of its time.
 """
 
 import contextlib
