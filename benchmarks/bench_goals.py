@@ -43,8 +43,8 @@ def rows(figures: dict) -> list[tuple[str, str, str, bool]]:
     """(goal, its target, the figure measured, met) per goal of this run."""
     growth = figures["bench_growth"]
     smallest, largest = growth[min(growth)], growth[max(growth)]
-    # Time against the smallest size measured beside the largest (bench_growth's baseline); counts directly.
-    outside_x, calls_x = largest["outside_s"] / largest["baseline_outside_s"], largest["calls"] / smallest["calls"]
+    growth_x = bench_growth.ratios(growth)
+    outside_x, calls_x = growth_x["outside_x"], growth_x["calls_x"]
     scale = figures["bench_scale"]
     first_node, last_node = (float(seconds) for seconds in scale["node_starts_s"].split("-"))
     asha, reproduction = figures["bench_asha"], figures["bench_reproduction"]

@@ -222,10 +222,18 @@ def measure(sizes: list[int], repeats: int, folder: Path) -> dict:
     for path in sorted(growth, key=growth.get, reverse=True)[:5]:
         print(f"  {path}: {smallest['seconds_by_path'].get(path, 0.0):.2f} -> {largest['seconds_by_path'].get(path, 0.0):.2f} s",
               flush=True)
-    print(f"growth: sizes={sizes[0]},{sizes[-1]} outside_x={largest['outside_s'] / largest['baseline_outside_s']:.2f} "
-          f"calls_x={largest['calls'] / smallest['calls']:.2f} table_x={largest['table_s'] / smallest['table_s']:.2f} "
-          f"table_runs={smallest['table_runs']},{largest['table_runs']}", flush=True)
+    growth_x = ratios(report)
+    print(f"growth: sizes={sizes[0]},{sizes[-1]} outside_x={growth_x['outside_x']:.2f} calls_x={growth_x['calls_x']:.2f} "
+          f"table_x={growth_x['table_x']:.2f} table_runs={smallest['table_runs']},{largest['table_runs']}", flush=True)
     return report
+
+
+def ratios(report: dict) -> dict[str, float]:
+    """The growth from the smallest size of ``measure``'s report to the largest: ``outside_x`` against
+    the baseline measured beside the largest size, ``calls_x`` and ``table_x`` size to size."""
+    smallest, largest = report[min(report)], report[max(report)]
+    return {"outside_x": largest["outside_s"] / largest["baseline_outside_s"],
+            "calls_x": largest["calls"] / smallest["calls"], "table_x": largest["table_s"] / smallest["table_s"]}
 
 
 if __name__ == "__main__":
